@@ -1,0 +1,146 @@
+"""The model's hyperparameters, read from a Hugging Face `config.json`.
+
+What it does: turns the checkpoint's `config.json` into a `LlamaConfig` dataclass whose field names are Hugging
+Face's, so a reader can cross-reference any field with transformers' `LlamaConfig`.
+What it does not: guess. A field that would change the computation and that minisink does not implement (another
+architecture, another activation, an unknown RoPE scaling type) is rejected with an error that names the field.
+
+Both spellings of RoPE settings are read: `rope_theta` + `rope_scaling` (checkpoints saved by transformers 4.x,
+such as SmolLM2 and Llama 3.2 on the hub) and `rope_parameters` (transformers 5.x).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """config.json is missing, unreadable, or asks for something minisink does not implement."""
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int  # V: rows of embed_tokens and of lm_head
+    hidden_size: int  # d_model: width of the residual stream
+    intermediate_size: int  # width of the SwiGLU MLP (gate_proj/up_proj outputs)
+    num_hidden_layers: int  # number of decoder blocks
+    num_attention_heads: int  # H: query heads
+    num_key_value_heads: int  # Hkv: key/value heads; H % Hkv == 0, each KV head serves H // Hkv query heads (GQA)
+    head_dim: int  # D: width of one head (hidden_size // H unless the checkpoint says otherwise)
+    rms_norm_eps: float = 1e-5  # epsilon inside RMSNorm's square root
+    rope_theta: float = 10000.0  # RoPE base: pair i rotates at angle position * rope_theta ** (-2i / D)
+    rope_scaling: dict | None = None  # None, or {"rope_type": "llama3", "factor", "low_freq_factor", ...}
+    max_position_embeddings: int = 2048  # pre-training context length (informational: nothing is truncated)
+    tie_word_embeddings: bool = False  # True: the LM head reuses embed_tokens (no lm_head tensor in the file)
+    attention_bias: bool = False  # q/k/v/o projections carry a bias vector
+    mlp_bias: bool = False  # gate/up/down projections carry a bias vector
+    bos_token_id: int | None = None  # informational, for the tokenizer and generation
+    eos_token_id: int | list[int] | None = None  # generation stops at (any of) these
+
+    def __post_init__(self):
+        positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim"]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                              f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LlamaConfig":
+        """Build from a parsed config.json, rejecting what minisink does not implement."""
+        def reject_unless(ok: bool, field: str, why: str):
+            if not ok:
+                raise ConfigError(f"unsupported config field '{field}' = {raw.get(field)!r}: {why}")
+
+        reject_unless(raw.get("model_type", "llama") == "llama", "model_type",
+                      "minisink implements the Llama architecture only")
+        reject_unless(raw.get("hidden_act", "silu") == "silu", "hidden_act", "only 'silu' (SwiGLU) is implemented")
+        reject_unless(raw.get("pretraining_tp", 1) == 1, "pretraining_tp", "only 1 is implemented")
+        reject_unless(raw.get("sliding_window") in (None, 0), "sliding_window",
+                      "the model's own sliding window is not implemented (use a sink/window cache instead)")
+        reject_unless(raw.get("rope_interleaved", False) is False, "rope_interleaved",
+                      "minisink rotates halves, as Hugging Face Llama checkpoints expect")
+
+        # RoPE: transformers 5.x writes rope_parameters, 4.x wrote rope_theta + rope_scaling.
+        rope = dict(raw.get("rope_parameters") or {})
+        rope_theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+        scaling = raw.get("rope_scaling") or rope
+        rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+        if rope_type == "default":
+            rope_scaling = None
+        elif rope_type == "llama3":
+            needed = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+            missing = [k for k in needed if k not in scaling]
+            if missing:
+                raise ConfigError(f"config field 'rope_scaling' of type llama3 lacks {missing}")
+            rope_scaling = {"rope_type": "llama3", **{k: scaling[k] for k in needed}}
+        else:
+            field = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+            raise ConfigError(f"unsupported config field '{field}': rope_type {rope_type!r} "
+                              "(minisink implements 'default' and 'llama3')")
+
+        for field in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]:
+            if field not in raw:
+                raise ConfigError(f"config.json lacks the required field '{field}'")
+        heads = raw["num_attention_heads"]
+        return cls(
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_hidden_layers=raw["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=raw.get("num_key_value_heads") or heads,
+            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            attention_bias=bool(raw.get("attention_bias", False)),
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=raw.get("eos_token_id"),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "LlamaConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"no config.json at {path}: point at a Hugging Face model folder "
+                              "(python weights_fetch.py writes one)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); re-fetch the model") from None
+        return cls.from_dict(raw)
+
+    def inv_freq(self):
+        """RoPE inverse frequencies, float64 [D/2]; with llama3 scaling, the low frequencies are stretched.
+
+        Follows transformers' `_compute_llama3_parameters`: wavelengths longer than the original context / low_freq_factor
+        are divided by `factor`, shorter than original / high_freq_factor are kept, the band between is interpolated.
+        """
+        import numpy as np
+
+        inv_freq = self.rope_theta ** (-np.arange(0, self.head_dim, 2, dtype=np.float64) / self.head_dim)
+        if self.rope_scaling is None:
+            return inv_freq
+        s = self.rope_scaling
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_context = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+        return np.where(is_medium, smoothed, scaled)

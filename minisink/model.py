@@ -1,0 +1,206 @@
+"""The Llama forward pass in NumPy, float32: token ids + a cache -> logits.
+
+What it does: embedding, then per decoder layer RMSNorm -> grouped-query attention with RoPE -> residual ->
+RMSNorm -> SwiGLU MLP -> residual, then a final RMSNorm and the LM head (Touvron et al. 2023; the same computation
+as transformers' `LlamaForCausalLM`, which the tests compare against). Prefill (many tokens) and decode (one) are
+the same code: `forward` takes any number of new tokens and a cache, and returns their logits.
+What it does not: batching, quantized weights, training. Which keys a query sees, and at which positions, is not
+decided here but by the cache (cache.py): the model asks it, per layer, for the blocks of keys and values to attend
+over.
+
+Symbols in shape comments: T new tokens, L keys in a block, H query heads, Hkv key/value heads, G = H // Hkv query
+heads per KV head, D head width, d_model hidden size, I MLP width, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
+from .config import LlamaConfig
+from .rope import apply_rope
+from .weights import load_weights
+
+PREFILL_CHUNK = 512  # long inputs are fed in chunks of this many tokens, so score matrices stay small
+
+
+class InputError(ValueError):
+    """Token ids that the model cannot take."""
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x [T, d_model] / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): [T, d_model] -> [T, d_model]."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis; subtracting the row max first keeps exp() from overflowing."""
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """x [T, in] @ weight[out, in].T (+ bias [out]) -> [T, out]. Weights keep PyTorch's [out, in] layout."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+@dataclass
+class Layer:
+    """One decoder block's weights. q/k/v and gate/up are fused: one matrix product instead of three (or two),
+    the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked."""
+
+    input_layernorm: np.ndarray  # [d_model]
+    qkv_proj: np.ndarray  # [(H + 2 Hkv) * D, d_model] = concat(q_proj, k_proj, v_proj)
+    qkv_bias: np.ndarray | None  # [(H + 2 Hkv) * D] when attention_bias
+    o_proj: np.ndarray  # [d_model, H * D]
+    o_bias: np.ndarray | None  # [d_model] when attention_bias
+    post_attention_layernorm: np.ndarray  # [d_model]
+    gate_up_proj: np.ndarray  # [2 I, d_model] = concat(gate_proj, up_proj)
+    gate_up_bias: np.ndarray | None  # [2 I] when mlp_bias
+    down_proj: np.ndarray  # [d_model, I]
+    down_bias: np.ndarray | None  # [d_model] when mlp_bias
+
+    @classmethod
+    def from_weights(cls, w: dict[str, np.ndarray], n: int, config: LlamaConfig) -> "Layer":
+        p = f"model.layers.{n}."
+
+        def stacked(names, suffix, present=True):
+            return np.concatenate([w[p + name + suffix] for name in names]) if present else None
+
+        qkv = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+        gate_up = ["mlp.gate_proj", "mlp.up_proj"]
+        ab, mb = config.attention_bias, config.mlp_bias
+        return cls(
+            input_layernorm=w[p + "input_layernorm.weight"],
+            qkv_proj=stacked(qkv, ".weight"),
+            qkv_bias=stacked(qkv, ".bias", ab),
+            o_proj=w[p + "self_attn.o_proj.weight"],
+            o_bias=w[p + "self_attn.o_proj.bias"] if ab else None,
+            post_attention_layernorm=w[p + "post_attention_layernorm.weight"],
+            gate_up_proj=stacked(gate_up, ".weight"),
+            gate_up_bias=stacked(gate_up, ".bias", mb),
+            down_proj=w[p + "mlp.down_proj.weight"],
+            down_bias=w[p + "mlp.down_proj.bias"] if mb else None,
+        )
+
+
+def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped-query attention of T queries over the cache's blocks (one softmax across all of them).
+
+    q [T, H, D], before RoPE and unscaled -> (output [T, H * D], probabilities [Hkv, G, T, sum of L]).
+    Query head h uses KV head h // G, as in transformers' `repeat_kv`.
+    """
+    T, H, D = q.shape
+    G = H // n_kv_heads
+    q = q * np.float32(1 / np.sqrt(D))  # the 1/sqrt(D) score scale, applied once to the queries
+    rotated = {}  # blocks usually share a query rotation: rotate once per distinct one
+    scores = []
+    for block in blocks:
+        key = id(block.query_rotation)
+        if key not in rotated:
+            qr = apply_rope(q, block.query_rotation).reshape(T, n_kv_heads, G, D)
+            rotated[key] = qr.transpose(1, 2, 0, 3).reshape(n_kv_heads, G * T, D)  # [Hkv, G*T, D]
+        s = (rotated[key] @ block.keys).reshape(n_kv_heads, G, T, -1)  # [Hkv, G, T, L]
+        scores.append(s if block.mask is None else s + block.mask)
+    probs = softmax(np.concatenate(scores, axis=-1) if len(scores) > 1 else scores[0])  # [Hkv, G, T, sum L]
+
+    out = np.zeros((n_kv_heads, G * T, D), dtype=np.float32)
+    start = 0
+    for block in blocks:
+        L = block.values.shape[1]
+        out += probs[..., start:start + L].reshape(n_kv_heads, G * T, L) @ block.values  # [Hkv, G*T, D]
+        start += L
+    out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)  # head h = kv * G + g
+    return out, probs
+
+
+class Llama:
+    """A Llama-family causal language model. `forward(token_ids, cache)` -> logits [T, V] for the T new tokens."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, np.ndarray]):
+        self.config = config
+        self.embed_tokens = weights["model.embed_tokens.weight"]  # [V, d_model]
+        self.layers = [Layer.from_weights(weights, n, config) for n in range(config.num_hidden_layers)]
+        self.norm = weights["model.norm.weight"]  # [d_model]
+        # Tied embeddings (SmolLM2): the LM head is the embedding matrix itself.
+        self.lm_head = self.embed_tokens if config.tie_word_embeddings else weights["lm_head.weight"]  # [V, d_model]
+
+    def new_cache(self, n_sink: int | None = None, window: int | None = None, *, recompute: bool = False,
+                  renumber: bool = True, position_offset: int = 0):
+        """A fresh cache. No arguments: the full cache (dense attention). `window=W`: window attention;
+        `n_sink=S, window=W`: the StreamingLLM sink cache; `recompute=True`: sliding window with re-computation."""
+        if recompute:
+            if window is None:
+                raise CacheError("recompute=True needs a window size: new_cache(window=W, recompute=True)")
+            return RecomputeWindow(self.config, window, n_sink or 0)
+        if n_sink is None and window is None:
+            return FullCache(self.config, position_offset)
+        if window is None:
+            raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
+        return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
+
+    def forward(self, token_ids, cache, attention_probs: list | None = None) -> np.ndarray:
+        """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.
+
+        Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
+        cache gives the same logits for any chunking. If `attention_probs` is a list, each layer's attention
+        probabilities [H, T, keys] are appended to it (keys in the cache's block order: see attention_maps.py).
+        """
+        token_ids = self._check_ids(token_ids)
+        if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
+            return cache.forward(self, token_ids)
+        chunks = [token_ids[i:i + PREFILL_CHUNK] for i in range(0, len(token_ids), PREFILL_CHUNK)]
+        return np.concatenate([self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks])
+
+    def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
+        c = self.config
+        T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        cache.begin(T)
+        x = self.embed_tokens[token_ids]  # [T, d_model]
+        for n, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
+            qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [T, (H + 2 Hkv) * D]
+            q = qkv[:, :H * D].reshape(T, H, D)
+            k = qkv[:, H * D:(H + Hkv) * D].reshape(T, Hkv, D)
+            v = qkv[:, (H + Hkv) * D:].reshape(T, Hkv, D)
+            out, probs = attention(q, cache.blocks(n, k, v), Hkv)  # [T, H * D]
+            if attention_probs is not None:
+                attention_probs.append(probs.reshape(H, T, -1))
+            x = x + linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
+
+            h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
+            gate, up = np.split(linear(h, layer.gate_up_proj, layer.gate_up_bias), 2, axis=-1)  # 2 x [T, I]
+            x = x + linear(silu(gate) * up, layer.down_proj, layer.down_bias)  # [T, d_model]
+        cache.end()
+        x = rms_norm(x, self.norm, c.rms_norm_eps)
+        return x @ self.lm_head.T  # [T, V]
+
+    def _check_ids(self, token_ids) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise InputError(f"token_ids must be a non-empty 1-D sequence of ints, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"token_ids must be integers, got dtype {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise InputError(f"token id {int(bad[0])} is out of range for a vocabulary of {self.config.vocab_size} "
+                             "(ids must be in 0..vocab_size-1: was the text encoded with this model's tokenizer?)")
+        return ids.astype(np.int64)
+
+
+def load_model(path: str | Path) -> Llama:
+    """Config + weights from a Hugging Face model folder (config.json, model.safetensors or shards)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no model folder at {path}: run `python weights_fetch.py` to fetch the default "
+                                "model, or pass the path of a Hugging Face model folder")
+    config = LlamaConfig.from_file(path)
+    return Llama(config, load_weights(path, config))

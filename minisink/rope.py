@@ -1,0 +1,44 @@
+"""Rotary position embedding (RoPE; Su et al. 2021), Hugging Face convention: rotate halves.
+
+Each head vector x of width D is split into halves x1 = x[:D/2], x2 = x[D/2:], and pair (x1[i], x2[i]) is rotated
+by the angle position * inv_freq[i]:
+
+    rope(x, p) = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]
+
+The one fact the sink cache relies on: the score between a query rotated at p and a key rotated at p' depends only
+on p - p' (a rotation by p, then back by p'). See docs/05-ring-buffer.md.
+
+The trap (STYLE.md, FACTS.md): llama.cpp's GGUF files permute q_proj/k_proj rows so that RoPE rotates adjacent
+pairs (x[2i], x[2i+1]) instead of halves. weights_fetch.py undoes that permutation; with the wrong one nothing
+crashes, the output just drifts away after a few tokens.
+
+Angles are computed in float64: at position 10**7 a float32 angle would be off by about a radian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """cos and sin of the angles for T positions, ready to broadcast over heads."""
+
+    cos: np.ndarray  # [T, 1, D/2] float32
+    sin: np.ndarray  # [T, 1, D/2] float32
+
+
+def rotation(positions: np.ndarray, inv_freq: np.ndarray) -> Rotation:
+    """Rotation for integer positions [T] and inverse frequencies [D/2] (float64)."""
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # [T, D/2], float64
+    return Rotation(np.cos(angles).astype(np.float32)[:, None, :], np.sin(angles).astype(np.float32)[:, None, :])
+
+
+def apply_rope(x: np.ndarray, rot: Rotation) -> np.ndarray:
+    """Rotate every head of x [T, n_heads, D] by its token's angles: [T, n_heads, D] -> [T, n_heads, D]."""
+    assert x.shape[0] == rot.cos.shape[0] and x.shape[2] == 2 * rot.cos.shape[2], f"{x.shape} vs {rot.cos.shape}"
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * rot.cos - x2 * rot.sin, x2 * rot.cos + x1 * rot.sin], axis=-1)
