@@ -2,12 +2,10 @@
 
 The model talks to every cache through three calls (see `Llama.forward_chunk`):
 
-    cache.begin(T)                        once per chunk of T new tokens: their positions and masks
+    rotation = cache.begin(T)             once per chunk of T new tokens: the RoPE rotation at which the model
+                                          rotates their queries and keys (their positions), and the masks
     blocks = cache.blocks(layer, k, v)    per layer: the KVBlocks the T new queries attend over
-    cache.end()                           once per chunk: the new tokens' keys and values join the cache
-
-Keys enter the cache only at `end()`, so every query of a chunk sees the cache as it was before the chunk plus
-the chunk itself (causally). That is what makes any chunking of a stream give the same logits.
+    cache.end()                           once per chunk: the chunk's tokens have joined the cache
 
 Policies:
 - FullCache: dense attention over everything so far, positions = positions in the text.
@@ -18,14 +16,19 @@ Policies:
 - RecomputeWindow(window=W): sliding window with re-computation, the paper's quality baseline: every token runs a
   fresh forward over the last W tokens (O(W^2) per token). It caches token ids, not keys (see its docstring).
 
+Every query of a chunk sees the cache as it was before the chunk plus the chunk itself, causally: that is what
+makes any chunking of a stream give the same logits. The full cache can store a chunk's keys before its queries
+look (nothing is evicted); the ring buffer stores them at `end()`, because the chunk's later tokens overwrite slots
+that its earlier queries still see.
+
 How the sink cache handles RoPE (docs/05-ring-buffer.md has the derivation). A RoPE score depends only on the
 distance between the query's position and the key's. Within the cache, a window token's distance to the current
-query is its age in the stream, whatever has been evicted: so window keys are rotated once, at their stream
-position, and never touched again, and the queries that look at them are rotated at their stream position too.
-Only the sinks move relative to the query (sink j is at cache position j, the query at cache position
-min(t, S + W - 1)), so for the sink block the query is rotated at its cache position instead. No key is ever
-re-rotated, and every score equals the one computed with explicit cache positions (tests/test_sink_cache.py checks
-this against a reference that does exactly that).
+query is its age in the stream, whatever has been evicted: so every key is rotated once, at its position in the
+stream, and never touched again, and the queries are rotated at their stream position too. Only the sinks move
+relative to the query: sink j sits at cache position j while the query sits at cache position min(t, S + W - 1),
+so for the sink block the queries are rotated back by the number of tokens evicted so far. No key is ever
+re-rotated, and every score equals the one computed with explicit cache positions (tests/reference_cache.py does
+exactly that; tests/test_sink_cache.py checks they agree).
 
 Symbols: T new tokens, L keys in a block, Hkv key/value heads, D head width.
 """
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import LlamaConfig
-from .rope import Rotation, apply_rope, rotation
+from .rope import Rotation, rotation
 
 MASKED = np.float32(-np.inf)  # additive mask value; every query always sees itself, so no row is all -inf
 
@@ -48,12 +51,12 @@ class CacheError(ValueError):
 
 @dataclass
 class KVBlock:
-    """A group of keys and values that a chunk's queries attend over, with the rotation for those queries."""
+    """A group of keys and values that a chunk's queries attend over (one softmax spans all of a chunk's blocks)."""
 
     keys: np.ndarray  # [Hkv, D, L]  RoPE-rotated keys, laid out so that q @ keys is a plain matrix product
     values: np.ndarray  # [Hkv, L, D]
     mask: np.ndarray | None  # [T, L] float32, 0 where query i may see key j, -inf where not; None: all visible
-    query_rotation: Rotation  # rotate the T queries by this before scoring them against these keys
+    query_rotation: Rotation | None = None  # if set, rotate the T queries further by this for these keys
 
 
 def causal_mask(query_pos: np.ndarray, key_pos: np.ndarray) -> np.ndarray:
@@ -74,42 +77,37 @@ def values_layout(v: np.ndarray) -> np.ndarray:
 class FullCache:
     """Dense attention: keeps every token; positions are the positions in the text (plus `position_offset`).
 
-    Storage grows by doubling, so appending a token is O(1) amortized.
+    Nothing is ever evicted, so the new keys can be written before the queries look: one block, causal within the
+    chunk. Storage grows by doubling, so appending a token is O(1) amortized.
     """
 
     def __init__(self, config: LlamaConfig, position_offset: int = 0):
         self.n_layers, self.inv_freq = config.num_hidden_layers, config.inv_freq()
         self.position_offset = position_offset  # position of the first token (tests use 10**7 to show no drift)
-        self.length = 0  # tokens held
+        self.length = 0  # tokens held, including the chunk being fed
         shape = (self.n_layers, config.num_key_value_heads, config.head_dim)
         self.keys = np.zeros(shape + (16,), dtype=np.float32)  # [layers, Hkv, D, capacity]
         self.values = np.zeros(shape[:2] + (16, shape[2]), dtype=np.float32)  # [layers, Hkv, capacity, D]
-        self._pending = {}
 
     def begin(self, T: int):
-        self.T = T
-        self.positions = self.position_offset + self.length + np.arange(T)  # [T] positions of the new tokens
-        self.rotation = rotation(self.positions, self.inv_freq)
-        self.new_mask = causal_mask(self.positions, self.positions) if T > 1 else None  # [T, T]
-
-    def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
-        """k, v [T, Hkv, D] (k before RoPE) -> [everything stored, the new tokens]."""
-        k = apply_rope(k, self.rotation)
-        self._pending[layer] = (k, v)
         n = self.length
-        stored = KVBlock(self.keys[layer, :, :, :n], self.values[layer, :, :n], None, self.rotation)
-        new = KVBlock(keys_layout(k), values_layout(v), self.new_mask, self.rotation)
-        return [stored, new] if n else [new]
-
-    def end(self):
-        n, T = self.length, self.T
         if n + T > self.keys.shape[-1]:
             self._grow(2 * (n + T))
-        for layer, (k, v) in self._pending.items():
-            self.keys[layer, :, :, n:n + T] = keys_layout(k)
-            self.values[layer, :, n:n + T] = values_layout(v)
-        self._pending.clear()
-        self.length += T
+        self.new = slice(n, n + T)
+        self.length = n + T
+        positions = self.position_offset + np.arange(n + T)  # [n + T] every token's position in the text
+        self.mask = causal_mask(positions[n:], positions) if T > 1 else None  # [T, n + T]; a lone query sees all
+        return rotation(positions[n:], self.inv_freq)  # the new tokens' positions
+
+    def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
+        """k (rotated), v [T, Hkv, D] -> one block: every token so far, the new ones included."""
+        self.keys[layer, :, :, self.new] = keys_layout(k)
+        self.values[layer, :, self.new] = values_layout(v)
+        n = self.length
+        return [KVBlock(self.keys[layer, :, :, :n], self.values[layer, :, :n], self.mask)]
+
+    def end(self):
+        pass  # the new tokens were stored as they came
 
     def _grow(self, capacity: int):
         keys = np.zeros(self.keys.shape[:3] + (capacity,), dtype=np.float32)
@@ -156,11 +154,11 @@ class SinkCache:
         S, W = self.n_sink, self.window
         self.T = T
         stream = self.seen + np.arange(T)  # [T] stream indices of the new tokens
-        self.positions = self.position_offset + stream
-        self.rotation = rotation(self.positions, self.inv_freq)  # keys (at their stream position), window queries
-        # Where each query sits within the cache: after min(t, S + W - 1) retained tokens.
-        in_cache = np.minimum(stream, S + W - 1) if self.renumber else stream
-        self.sink_rotation = rotation(self.position_offset + in_cache, self.inv_freq)
+        # Each query sits at cache position min(t, S + W - 1): t - evicted. Sink j is at cache position j, so the
+        # sink block's queries are rotated back by the number of evicted tokens (their stream position is kept
+        # for the window, whose distances to the query are stream distances).
+        evicted = np.maximum(stream - (S + W - 1), 0) if self.renumber else np.zeros(T, dtype=int)
+        self.sink_rotation = rotation(-evicted, self.inv_freq) if evicted.any() else None
 
         self.new_sinks = stream[stream < S]  # new tokens that become sinks: written at once (slots never reused)
         self.new_window = stream >= S  # [T] which new tokens go to the window
@@ -173,11 +171,11 @@ class SinkCache:
         new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
         self.new_mask = np.where(new_visible, np.float32(0), MASKED).astype(np.float32)  # [T, T_window]
         self.n_sinks, self.ring_filled = n_sinks, bool((ring_token >= 0).any())
+        return rotation(self.position_offset + stream, self.inv_freq)  # every key at its position in the stream
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
-        """k, v [T, Hkv, D] (k before RoPE) -> [sinks, ring as it was before the chunk, new window tokens]."""
+        """k (rotated), v [T, Hkv, D] -> [sinks, the ring as it was before the chunk, the chunk's window tokens]."""
         S = self.n_sink
-        k = apply_rope(k, self.rotation)
         for t in self.new_sinks:  # sinks go straight to their fixed slots: nothing else ever writes there
             i = t - self.seen
             self.keys[layer, :, :, t] = k[i]
@@ -190,10 +188,9 @@ class SinkCache:
             blocks.append(KVBlock(self.keys[layer, :, :, :self.n_sinks], self.values[layer, :, :self.n_sinks],
                                   self.sink_mask, self.sink_rotation))
         if self.ring_filled:
-            blocks.append(KVBlock(self.keys[layer, :, :, S:], self.values[layer, :, S:], self.ring_mask,
-                                  self.rotation))
+            blocks.append(KVBlock(self.keys[layer, :, :, S:], self.values[layer, :, S:], self.ring_mask))
         if len(k_win):
-            blocks.append(KVBlock(keys_layout(k_win), values_layout(v_win), self.new_mask, self.rotation))
+            blocks.append(KVBlock(keys_layout(k_win), values_layout(v_win), self.new_mask))
         return blocks
 
     def end(self):
@@ -236,18 +233,21 @@ class RecomputeWindow:
         self.config, self.window, self.n_sink = config, int(window), int(n_sink)
         self.sinks: list[int] = []  # the first n_sink token ids
         self.recent: list[int] = []  # the last W token ids
+        self.seen = 0  # tokens fed so far
+
+    def remember(self, token: int) -> list[int]:
+        """Append one token id to the retained ones; return the context its logits are computed from."""
+        self.seen += 1
+        if len(self.sinks) < self.n_sink and not self.recent:
+            self.sinks.append(int(token))
+        else:
+            self.recent = (self.recent + [int(token)])[-self.window:]
+        return self.sinks + self.recent
 
     def forward(self, model, token_ids: np.ndarray) -> np.ndarray:
-        logits = []
-        for token in token_ids:
-            if len(self.sinks) < self.n_sink and not self.recent:
-                self.sinks.append(int(token))
-                context = self.sinks
-            else:
-                self.recent = (self.recent + [int(token)])[-self.window:]
-                context = self.sinks + self.recent
-            logits.append(model.forward(np.array(context), FullCache(self.config))[-1])
-        return np.stack(logits)
+        """Logits [T, V]: one fresh dense forward over the retained tokens per new token."""
+        return np.stack([model.forward(np.array(self.remember(t)), FullCache(self.config))[-1] for t in token_ids])
 
     def retained(self) -> np.ndarray:
-        return np.array(self.sinks + self.recent)
+        """Stream indices of the retained tokens (the first n_sink and the last W), in stream order."""
+        return np.concatenate([np.arange(len(self.sinks)), np.arange(self.seen - len(self.recent), self.seen)])

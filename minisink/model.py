@@ -33,7 +33,8 @@ class InputError(ValueError):
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x [T, d_model] / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): [T, d_model] -> [T, d_model]."""
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+    mean_square = (x * x).sum(axis=-1, keepdims=True) / x.shape[-1]  # [T, 1] (np.mean is slower on tiny rows)
+    return x / np.sqrt(mean_square + eps) * weight
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -93,30 +94,28 @@ class Layer:
 
 
 def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
-    """Grouped-query attention of T queries over the cache's blocks (one softmax across all of them).
+    """Grouped-query attention of T queries over the cache's blocks, one softmax across all of them.
 
-    q [T, H, D], before RoPE and unscaled -> (output [T, H * D], probabilities [Hkv, G, T, sum of L]).
-    Query head h uses KV head h // G, as in transformers' `repeat_kv`.
+    q [T, H, D], rotated, unscaled -> (output [T, H * D], probabilities [Hkv, G, T, sum of L]).
+    Query head h uses KV head h // G, as in transformers' `repeat_kv`: the G query heads of a KV head are stacked
+    into one matrix, so each KV head costs one matrix product.
     """
     T, H, D = q.shape
     G = H // n_kv_heads
-    q = q * np.float32(1 / np.sqrt(D))  # the 1/sqrt(D) score scale, applied once to the queries
-    rotated = {}  # blocks usually share a query rotation: rotate once per distinct one
+    q = q * np.float32(D ** -0.5)  # the 1/sqrt(D) score scale, applied once to the queries
     scores = []
     for block in blocks:
-        key = id(block.query_rotation)
-        if key not in rotated:
-            qr = apply_rope(q, block.query_rotation).reshape(T, n_kv_heads, G, D)
-            rotated[key] = qr.transpose(1, 2, 0, 3).reshape(n_kv_heads, G * T, D)  # [Hkv, G*T, D]
-        s = (rotated[key] @ block.keys).reshape(n_kv_heads, G, T, -1)  # [Hkv, G, T, L]
+        qb = q if block.query_rotation is None else apply_rope(q, block.query_rotation)
+        qb = qb.reshape(T, n_kv_heads, G, D).transpose(1, 2, 0, 3).reshape(n_kv_heads, G * T, D)
+        s = (qb @ block.keys).reshape(n_kv_heads, G, T, -1)  # [Hkv, G, T, L]
         scores.append(s if block.mask is None else s + block.mask)
-    probs = softmax(np.concatenate(scores, axis=-1) if len(scores) > 1 else scores[0])  # [Hkv, G, T, sum L]
+    probs = softmax(scores[0] if len(scores) == 1 else np.concatenate(scores, axis=-1))  # [Hkv, G, T, sum L]
 
-    out = np.zeros((n_kv_heads, G * T, D), dtype=np.float32)
-    start = 0
+    out, start = None, 0
     for block in blocks:
         L = block.values.shape[1]
-        out += probs[..., start:start + L].reshape(n_kv_heads, G * T, L) @ block.values  # [Hkv, G*T, D]
+        part = probs[..., start:start + L].reshape(n_kv_heads, G * T, L) @ block.values  # [Hkv, G*T, D]
+        out = part if out is None else out + part
         start += L
     out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)  # head h = kv * G + g
     return out, probs
@@ -163,13 +162,13 @@ class Llama:
     def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
         c = self.config
         T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        cache.begin(T)
+        rotation = cache.begin(T)  # the cache decides the new tokens' positions
         x = self.embed_tokens[token_ids]  # [T, d_model]
         for n, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
             qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [T, (H + 2 Hkv) * D]
-            q = qkv[:, :H * D].reshape(T, H, D)
-            k = qkv[:, H * D:(H + Hkv) * D].reshape(T, Hkv, D)
+            qk = apply_rope(qkv[:, :(H + Hkv) * D].reshape(T, H + Hkv, D), rotation)  # q and k heads at once
+            q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
             v = qkv[:, (H + Hkv) * D:].reshape(T, Hkv, D)
             out, probs = attention(q, cache.blocks(n, k, v), Hkv)  # [T, H * D]
             if attention_probs is not None:
@@ -177,8 +176,9 @@ class Llama:
             x = x + linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
 
             h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-            gate, up = np.split(linear(h, layer.gate_up_proj, layer.gate_up_bias), 2, axis=-1)  # 2 x [T, I]
-            x = x + linear(silu(gate) * up, layer.down_proj, layer.down_bias)  # [T, d_model]
+            gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
+            I = gate_up.shape[1] // 2
+            x = x + linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
         cache.end()
         x = rms_norm(x, self.norm, c.rms_norm_eps)
         return x @ self.lm_head.T  # [T, V]

@@ -22,23 +22,29 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so the model can memoize rotated queries
 class Rotation:
-    """cos and sin of the angles for T positions, ready to broadcast over heads."""
+    """cos and sin of the angles for T positions, laid out over the whole head width and ready to broadcast."""
 
-    cos: np.ndarray  # [T, 1, D/2] float32
-    sin: np.ndarray  # [T, 1, D/2] float32
+    cos: np.ndarray  # [T, 1, D] float32: [cos, cos] (pair i and i + D/2 share an angle)
+    sin: np.ndarray  # [T, 1, D] float32: [-sin, sin], the signs of the rotation folded in
 
 
 def rotation(positions: np.ndarray, inv_freq: np.ndarray) -> Rotation:
     """Rotation for integer positions [T] and inverse frequencies [D/2] (float64)."""
     angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # [T, D/2], float64
-    return Rotation(np.cos(angles).astype(np.float32)[:, None, :], np.sin(angles).astype(np.float32)[:, None, :])
+    cos, sin = np.cos(angles), np.sin(angles)
+    cos = np.concatenate([cos, cos], axis=-1).astype(np.float32)  # [T, D]
+    sin = np.concatenate([-sin, sin], axis=-1).astype(np.float32)  # [T, D]
+    return Rotation(cos[:, None, :], sin[:, None, :])
 
 
 def apply_rope(x: np.ndarray, rot: Rotation) -> np.ndarray:
-    """Rotate every head of x [T, n_heads, D] by its token's angles: [T, n_heads, D] -> [T, n_heads, D]."""
-    assert x.shape[0] == rot.cos.shape[0] and x.shape[2] == 2 * rot.cos.shape[2], f"{x.shape} vs {rot.cos.shape}"
+    """Rotate every head of x [T, n_heads, D] by its token's angles: [T, n_heads, D] -> [T, n_heads, D].
+
+    [x1, x2] * [cos, cos] + [x2, x1] * [-sin, sin] = [x1 cos - x2 sin, x2 cos + x1 sin].
+    """
+    assert x.shape[0] == rot.cos.shape[0] and x.shape[2] == rot.cos.shape[2], f"{x.shape} vs {rot.cos.shape}"
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * rot.cos - x2 * rot.sin, x2 * rot.cos + x1 * rot.sin], axis=-1)
+    swapped = np.concatenate([x[..., half:], x[..., :half]], axis=-1)  # [x2, x1]
+    return x * rot.cos + swapped * rot.sin

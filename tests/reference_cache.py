@@ -1,9 +1,10 @@
 """A sink cache written for clarity, not speed: the oracle the ring buffer must equal (issue P2).
 
-It keeps every token's key (before RoPE) and value, exactly as computed at that token's step, forever. For the
-query at stream index t it selects the first S and the last W tokens (itself included), numbers the selected
-tokens 0 .. n-1 in stream order (positions within the cache, paper Sec. 3.2), rotates keys and query by those
-numbers, and returns them as one block. It takes one token per call: per-query key positions are the point.
+It keeps every token's key and value, exactly as computed at that token's step, forever. For the query at stream
+index t it selects the first S and the last W tokens (itself included) and numbers them 0 .. n-1 in stream order
+(positions within the cache, paper Sec. 3.2). Keys arrive rotated at their stream position (the rotation that
+`begin` returns), so it first undoes that rotation, then rotates every selected key to its cache position, and
+asks the model to rotate the query from t to its cache position n - 1. It takes one token per call.
 """
 
 import numpy as np
@@ -29,15 +30,17 @@ class ReferenceSinkCache:
         kept = np.array(self.visible(self.t))
         positions = np.arange(len(kept)) if self.renumber else kept  # within the cache, or in the text
         self.kept = kept
+        self.unrotate = rotation(-np.array([self.offset + self.t]), self.inv_freq)
         self.key_rotation = rotation(self.offset + positions, self.inv_freq)
-        self.query_rotation = rotation(self.offset + positions[-1:], self.inv_freq)
+        self.query_rotation = rotation(positions[-1:] - self.t, self.inv_freq)  # from t to its cache position
+        return rotation(np.array([self.offset + self.t]), self.inv_freq)
 
     def blocks(self, layer, k, v):
-        self.keys[layer].append(k[0])
+        self.keys[layer].append(apply_rope(k, self.unrotate)[0])  # back to the key before RoPE: [Hkv, D]
         self.values[layer].append(v[0])
         keys = np.stack([self.keys[layer][j] for j in self.kept])  # [n, Hkv, D]
         values = np.stack([self.values[layer][j] for j in self.kept])
-        keys = apply_rope(keys, self.key_rotation)
+        keys = apply_rope(keys, self.key_rotation)  # every retained key at its position in the cache
         return [KVBlock(keys.transpose(1, 2, 0), values.transpose(1, 0, 2), None, self.query_rotation)]
 
     def end(self):

@@ -1,0 +1,179 @@
+"""`minisink bench`: speed and memory, reported as ratios measured in one run (these machines are noisy).
+
+What it measures on a model folder (the default model unless told otherwise), each a median of several runs:
+- load time; prefill tokens/s on a 512-token prompt; decode ms/token for 128 tokens after a short prompt;
+- the memory floor of decode: the same weight matrices pushed through plain matrix-vector products and nothing
+  else (decode is memory-bound: every weight is read once per token); decode is reported as a multiple of it;
+- transformers' eager float32 Llama on the same weights, same threads, same prompt (when transformers is installed);
+- the sink cache (4 + 1020) at stream positions ~1,100 and ~20,000, the full cache at the same number of cached
+  tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream.
+What it does not: assert anything. Targets are printed beside the figures; tests check correctness, not speed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .model import linear, load_model
+
+PREFILL_TOKENS, DECODE_TOKENS, SHORT_PROMPT = 512, 128, 16
+
+
+def median_ms(samples) -> float:
+    return 1000 * statistics.median(samples)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def prompt_ids(n: int, vocab_size: int, seed: int = 0) -> np.ndarray:
+    """Speed does not depend on which tokens: random ids, away from the control tokens."""
+    return np.random.default_rng(seed).integers(100, vocab_size, n)
+
+
+def floor_pass(model) -> float:
+    """Seconds for one pass of every weight matrix through a matrix-vector product: decode's memory floor."""
+    x = {}
+    start = time.perf_counter()
+    for layer in model.layers:
+        for w in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
+            if w.shape[1] not in x:
+                x[w.shape[1]] = np.ones((1, w.shape[1]), dtype=np.float32)
+            linear(x[w.shape[1]], w, None)
+    linear(np.ones((1, model.lm_head.shape[1]), dtype=np.float32), model.lm_head, None)
+    return time.perf_counter() - start
+
+
+def decode_steps(model, cache, n: int, floor: bool = False):
+    """Time n single-token forwards (and, if asked, a floor pass after each, so both see the same noise)."""
+    steps, floors = [], []
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        start = time.perf_counter()
+        model.forward([int(rng.integers(100, model.config.vocab_size))], cache)
+        steps.append(time.perf_counter() - start)
+        if floor:
+            floors.append(floor_pass(model))
+    return steps, floors
+
+
+def bench_minisink(path, repeats: int = 3) -> dict:
+    loads = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = load_model(path)
+        loads.append(time.perf_counter() - start)
+    ids = prompt_ids(PREFILL_TOKENS, model.config.vocab_size)
+    prefill = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.forward(ids, model.new_cache())
+        prefill.append(time.perf_counter() - start)
+    steps, floors = [], []
+    for _ in range(repeats):
+        cache = model.new_cache()
+        model.forward(ids[:SHORT_PROMPT], cache)
+        s, f = decode_steps(model, cache, DECODE_TOKENS, floor=True)
+        steps += s
+        floors += f
+    return {"model": model, "load_s": statistics.median(loads), "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill),
+            "decode_ms": median_ms(steps), "floor_ms": median_ms(floors)}
+
+
+def bench_transformers(path, repeats: int = 3) -> dict | None:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return None
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    ids = torch.tensor(prompt_ids(PREFILL_TOKENS, vocab))[None]
+    prefill, steps = [], []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(ids, use_cache=False)
+            prefill.append(time.perf_counter() - start)
+        rng = np.random.default_rng(1)
+        for _ in range(repeats):
+            past = model(ids[:, :SHORT_PROMPT], use_cache=True).past_key_values
+            for _ in range(DECODE_TOKENS):
+                token = torch.tensor([[int(rng.integers(100, vocab))]])
+                start = time.perf_counter()
+                past = model(token, past_key_values=past, use_cache=True).past_key_values
+                steps.append(time.perf_counter() - start)
+    return {"prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill), "decode_ms": median_ms(steps)}
+
+
+def fill(model, cache, n: int):
+    """Stream n tokens into a cache in prefill chunks (exact for every cache: see model.forward)."""
+    model.forward(prompt_ids(n, model.config.vocab_size, seed=2), cache)
+
+
+def bench_caches(model, quick: bool) -> dict:
+    """Decode cost of the sink cache along a long stream, against the full cache and the recompute baseline."""
+    S, W = 4, 1020
+    out = {}
+    sink = model.new_cache(n_sink=S, window=W)
+    fill(model, sink, 1100)
+    out["sink_1100_ms"] = median_ms(decode_steps(model, sink, 32)[0])
+    out["rss_1100_mb"], out["sink_cache_mb"] = rss_mb(), (sink.keys.nbytes + sink.values.nbytes) / 2**20
+    full = model.new_cache()
+    fill(model, full, S + W)
+    out["full_1024_ms"] = median_ms(decode_steps(model, full, 32)[0])
+    fill(model, full, 2000 - (S + W) - 32)
+    out["full_2000_ms"] = median_ms(decode_steps(model, full, 32)[0])
+    del full
+    if not quick:
+        fill(model, sink, 20000 - 1100 - 32)
+        out["sink_20000_ms"] = median_ms(decode_steps(model, sink, 32)[0])
+        out["rss_20000_mb"] = rss_mb()
+    recompute = model.new_cache(window=S + W, recompute=True)
+    for token in prompt_ids(S + W - 1, model.config.vocab_size, seed=2):  # it holds ids: fill it without forwards
+        recompute.remember(token)
+    out["recompute_1024_ms"] = median_ms(decode_steps(model, recompute, 3)[0])
+    return out
+
+
+def run_bench(path, quick: bool = False):
+    print(f"minisink bench on {path} (medians; ratios are measured in this run)\n")
+    m = bench_minisink(path)
+    model = m["model"]
+    print(f"load                      {m['load_s']:7.2f} s          (target < 2 s)")
+    print(f"prefill, 512 tokens       {m['prefill_tok_s']:7.1f} tok/s")
+    print(f"decode, short context     {m['decode_ms']:7.2f} ms/token = {1000 / m['decode_ms']:.1f} tok/s")
+    print(f"memory floor (matvecs)    {m['floor_ms']:7.2f} ms/token")
+    print(f"  decode / floor          {m['decode_ms'] / m['floor_ms']:7.3f} x        (target <= 1.11)")
+    t = None if quick else bench_transformers(path)
+    if t:
+        print(f"transformers eager fp32   prefill {t['prefill_tok_s']:.1f} tok/s, decode {t['decode_ms']:.2f} ms/token")
+        print(f"  prefill speed ratio     {m['prefill_tok_s'] / t['prefill_tok_s']:7.2f} x        (target >= 1.0)")
+        print(f"  decode speed ratio      {t['decode_ms'] / m['decode_ms']:7.2f} x        (target >= 1.5)")
+    elif not quick:
+        print("transformers not installed: pip install 'minisink[oracle]' for the comparison")
+    c = bench_caches(model, quick)
+    print(f"\nsink cache 4+1020 ({c['sink_cache_mb']:.0f} MB of keys and values, fixed at construction)")
+    print(f"  decode at ~1,100        {c['sink_1100_ms']:7.2f} ms/token   RSS {c['rss_1100_mb']:.0f} MB")
+    if "sink_20000_ms" in c:
+        print(f"  decode at ~20,000       {c['sink_20000_ms']:7.2f} ms/token   RSS {c['rss_20000_mb']:.0f} MB")
+        print(f"  20,000 / 1,100          {c['sink_20000_ms'] / c['sink_1100_ms']:7.3f} x        (target <= 1.1)")
+        print(f"  memory 20,000 / 1,100   {c['rss_20000_mb'] / c['rss_1100_mb']:7.3f} x        (target within 5%)")
+    print(f"full cache, 1,024 cached  {c['full_1024_ms']:7.2f} ms/token")
+    print(f"  sink speed / full       {c['full_1024_ms'] / c['sink_1100_ms']:7.2f} x        (target >= 0.9)")
+    print(f"full cache, ~2,000 cached {c['full_2000_ms']:7.2f} ms/token")
+    print(f"recompute, window 1024    {c['recompute_1024_ms']:7.1f} ms/token")
+    print(f"  recompute / sink        {c['recompute_1024_ms'] / c['sink_1100_ms']:7.1f} x        (target >= 20)")

@@ -1,0 +1,194 @@
+"""The `minisink` command: a thin layer over the library, no logic of its own.
+
+    minisink generate "Once upon a time"                       greedy continuation, full cache
+    minisink generate --chat "What is the capital of France?"  one chat turn
+    minisink generate --sinks 4 --window 1020 --max-new-tokens 100000 "..."   stream forever in constant memory
+    minisink chat                                              multi-turn chat through a sink cache (stdin works)
+    minisink bench                                             speed and memory figures, as ratios in one run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def default_model_dir() -> Path:
+    from weights_fetch import default_model_dir as fetched_dir  # one place knows where the weights live
+
+    return fetched_dir()
+
+
+def model_dir(args) -> Path:
+    path = Path(args.model) if args.model else default_model_dir()
+    if not (path / "config.json").is_file():
+        hint = ("run `python weights_fetch.py` first to fetch the default model" if not args.model
+                else "pass a Hugging Face model folder (config.json, tokenizer.json, model.safetensors)")
+        raise SystemExit(f"error: no model at {path}: {hint}")
+    return path
+
+
+def load(args):
+    import minisink
+
+    path = model_dir(args)
+    return minisink.load_model(path), minisink.load_tokenizer(path)
+
+
+def make_cache(model, args, default_sinks=None, default_window=None):
+    sinks = args.sinks if args.sinks is not None else default_sinks
+    window = args.window if args.window is not None else default_window
+    if sinks is not None and window is None:
+        raise SystemExit("error: --sinks needs --window (the number of recent tokens kept beside the sinks)")
+    if window is None:
+        return model.new_cache()
+    return model.new_cache(n_sink=sinks or 0, window=window)
+
+
+def make_sampler(args):
+    from .generate import Sampler
+
+    return Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+
+
+class Progress:
+    """A progress line on stderr: tokens, tokens/s, cache fill."""
+
+    def __init__(self, cache, enabled: bool, every: int = 64):
+        self.cache, self.enabled, self.every = cache, enabled, every
+        self.count, self.start = 0, time.perf_counter()
+
+    def step(self):
+        self.count += 1
+        if self.enabled and self.count % self.every == 0:
+            self.show()
+
+    def show(self, end=""):
+        if not self.enabled:
+            return
+        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        held = len(self.cache.retained())
+        capacity = getattr(self.cache, "n_sink", 0) + getattr(self.cache, "window", held)
+        sys.stderr.write(f"\r[{self.count} tokens | {rate:.1f} tok/s | cache {held}/{capacity}]{end}")
+        sys.stderr.flush()
+
+
+def cmd_generate(args):
+    from .generate import generate
+
+    model, tok = load(args)
+    cache = make_cache(model, args)
+    prompt = tok.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    ids = tok.encode(prompt)
+    if not ids:
+        raise SystemExit("error: the prompt is empty")
+    stop = {tok.eos_token_id} if args.chat else set()
+    decoder = tok.stream_decoder()
+    progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
+    for token in generate(model, ids, cache, args.max_new_tokens, make_sampler(args), stop):
+        if token in stop:
+            break
+        sys.stdout.write(decoder.step(token))
+        sys.stdout.flush()
+        progress.step()
+    sys.stdout.write(decoder.flush() + "\n")
+    progress.show(end="\n")
+
+
+def cmd_chat(args):
+    from .generate import Chat
+
+    model, tok = load(args)
+    cache = make_cache(model, args, default_sinks=4, default_window=1020)
+    chat = Chat(model, tok, cache, make_sampler(args), system=args.system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("minisink chat: an empty line or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or (interactive and not line.strip()):
+            break
+        if not line.strip():
+            continue
+        for piece in chat.say(line.rstrip("\n"), args.max_new_tokens):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if args.progress or interactive:
+            held = len(cache.retained())
+            print(f"[turn {chat.turns} | {chat.fed} tokens streamed | cache holds {held}]", file=sys.stderr)
+
+
+def cmd_bench(args):
+    from .bench import run_bench
+
+    run_bench(model_dir(args), quick=args.quick)
+
+
+def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
+    p.add_argument("--model", help="a Hugging Face model folder (default: the one weights_fetch.py writes)")
+    p.add_argument("--sinks", type=int, help=sinks_help)
+    p.add_argument("--window", type=int, help="recent tokens kept in the cache (with --sinks 0: window attention)")
+
+
+def add_sampling_options(p, max_new_tokens=256):
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress line on stderr (default: when stderr is a terminal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minisink", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="stream a continuation (or a chat answer) to stdout")
+    p.add_argument("prompt")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    add_model_options(p)
+    add_sampling_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="a multi-turn chat whose whole history streams through a sink cache")
+    add_model_options(p, sinks_help="pinned sink tokens (default 4, window 1020)")
+    add_sampling_options(p)
+    p.add_argument("--system", help="a system message (default: the model's own)")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("bench", help="prefill/decode speed, the memory floor, sink vs full vs recompute")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.add_argument("--quick", action="store_true", help="skip the 20,000-token stream and the transformers run")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import CacheError, ConfigError, InputError, WeightsError
+    from .generate import SamplingError
+    from .tokenizer import TokenizerError
+
+    try:
+        args.func(args)
+    except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
