@@ -5,6 +5,8 @@
     minisink generate --sinks 4 --window 1020 --max-new-tokens 100000 "..."   stream forever in constant memory
     minisink chat                                              multi-turn chat through a sink cache (stdin works)
     minisink bench                                             speed and memory figures, as ratios in one run
+    minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
+    minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
 """
 
 from __future__ import annotations
@@ -131,6 +133,38 @@ def cmd_bench(args):
     run_bench(model_dir(args), quick=args.quick)
 
 
+def cmd_ppl(args):
+    from .evaluate import load_text_ids, run_ppl, save_run
+
+    if (args.text is None) == (args.corpus is None):
+        raise SystemExit("error: give the text to score: --text FILE or --corpus kjv")
+    if args.text is not None:
+        try:
+            text, source = Path(args.text).read_text(encoding="utf-8"), args.text
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: cannot read {args.text}: {e}")
+    else:
+        import weights_fetch
+
+        path = weights_fetch.fetch_kjv(progress=sys.stderr.isatty())
+        text, source = path.read_text(encoding="utf-8"), f"kjv ({path})"
+    model, tok = load(args)
+    try:
+        ids = load_text_ids(tok, text, args.tokens)
+        if len(ids) < 2:
+            raise ValueError(f"{source} holds {len(ids)} token(s): at least 2 are needed")
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        run = run_ppl(model, ids, args.mode, args.sinks, args.window, not args.no_renumber, args.chunk,
+                      progress=progress, say=say)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"{source}: {run.tokens} tokens")
+    print(run.summary())
+    if args.out:
+        print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
+
+
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
     p.add_argument("--model", help="a Hugging Face model folder (default: the one weights_fetch.py writes)")
     p.add_argument("--sinks", type=int, help=sinks_help)
@@ -168,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
     p.add_argument("--quick", action="store_true", help="skip the 20,000-token stream and the transformers run")
     p.set_defaults(func=cmd_bench)
+
+    from .model import PREFILL_CHUNK
+
+    p = sub.add_parser("ppl", help="stream a long text through a cache policy, record every token's NLL")
+    p.add_argument("--text", help="a plain UTF-8 text file to score")
+    p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
+    p.add_argument("--tokens", type=int, help="score the first N tokens (default: the whole text)")
+    p.add_argument("--mode", choices=["dense", "window", "recompute", "sink"], default="sink",
+                   help="dense: full cache; window: the last W tokens; recompute: sliding window with "
+                        "re-computation, O(W^2) per token; sink: S sinks + W recent (default)")
+    p.add_argument("--sinks", type=int, help="sink tokens (sink: default 4; recompute: default 0)")
+    p.add_argument("--window", type=int, help="recent tokens kept (default: 1024 minus the sinks)")
+    p.add_argument("--no-renumber", action="store_true",
+                   help="ablation: keep positions in the text instead of positions within the cache")
+    p.add_argument("--chunk", type=int, default=PREFILL_CHUNK,
+                   help=f"tokens per forward of the evaluator (default {PREFILL_CHUNK}; 1 = token by token; "
+                        "any chunk gives the same NLLs)")
+    p.add_argument("--out", help="write the per-token NLL and the settings: .npz (default) or .csv")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (default: when stderr is a terminal; needs tqdm)")
+    p.set_defaults(func=cmd_ppl)
     return parser
 
 

@@ -122,6 +122,8 @@ class LlamaConfig:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); re-fetch the model") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} is not a JSON object of config fields; re-fetch the model")
         return cls.from_dict(raw)
 
     def inv_freq(self):

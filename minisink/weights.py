@@ -47,17 +47,25 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         header = json.loads(data[8:8 + header_len])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model")
     header.pop("__metadata__", None)
     body = memoryview(data)[8 + header_len:]
 
     tensors = {}
     for name, info in header.items():
-        dtype = _DTYPES.get(info.get("dtype"))
+        try:  # a header entry is {"dtype": str, "shape": [ints >= 0], "data_offsets": [begin, end]}
+            dtype_name, (begin, end) = info["dtype"], info["data_offsets"]
+            shape = tuple(int(n) for n in info["shape"])
+            well_formed = isinstance(dtype_name, str) and min(shape, default=0) >= 0 and 0 <= begin <= end
+        except (TypeError, KeyError, ValueError):
+            well_formed = False
+        if not well_formed:
+            raise WeightsError(f"{path} has a corrupt header (entry '{name}'): re-fetch the model")
+        dtype = _DTYPES.get(dtype_name)
         if dtype is None:
-            raise WeightsError(f"tensor '{name}' in {path} has dtype {info.get('dtype')}; "
+            raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype_name}; "
                                "minisink reads F32, F16 and BF16")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
         if end > len(body) or end - begin != dtype.itemsize * int(np.prod(shape)):
             raise WeightsError(f"tensor '{name}' in {path} runs past the end of the file or has the wrong "
                                "byte size: the file is truncated or corrupt; re-fetch the model")
@@ -80,7 +88,9 @@ def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
                            "run python weights_fetch.py, or point at a Hugging Face model folder")
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError):
         raise WeightsError(f"{index} is corrupt (no 'weight_map'): re-fetch the model") from None
     tensors = {}
     for shard in sorted(set(weight_map.values())):

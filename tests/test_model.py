@@ -184,7 +184,8 @@ def test_forward_accepts_lists_and_any_int_dtype():
     ids = [5, 17, 3, 96]
     expected = model.forward(ids, model.new_cache())
     assert expected.shape == (4, model.config.vocab_size) and expected.dtype == np.float32
-    for variant in [np.array(ids, dtype=np.int32), np.array(ids, dtype=np.uint8), tuple(ids), [np.int64(i) for i in ids]]:
+    variants = [np.array(ids, dtype=np.int32), np.array(ids, dtype=np.uint8), tuple(ids), [np.int64(i) for i in ids]]
+    for variant in variants:
         assert np.array_equal(model.forward(variant, model.new_cache()), expected)
 
 
@@ -337,6 +338,38 @@ def test_corrupt_header(ckpt):
         minisink.load_model(ckpt)
 
 
+def write_header(ckpt, header, body=b"\0" * 64):
+    raw = json.dumps(header).encode()
+    (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+@pytest.mark.parametrize("header, match", [
+    ([], r"corrupt header: not a safetensors file"),
+    ("text", r"corrupt header: not a safetensors file"),
+    ({"model.norm.weight": 1}, r"corrupt header \(entry 'model.norm.weight'\)"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48]}}, r"corrupt header \(entry"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0]}}, r"corrupt header \(entry"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": ["x"], "data_offsets": [0, 192]}}, r"corrupt header \(entry"),
+    ({"model.norm.weight": {"dtype": ["F32"], "shape": [48], "data_offsets": [0, 192]}}, r"corrupt header \(entry"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [-4, -12], "data_offsets": [0, 192]}}, r"corrupt header"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [3], "data_offsets": [-12, 0]}}, r"corrupt header"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0, 192]}}, r"runs past the end"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}, r"wrong byte size"),
+], ids=["list", "string", "entry-not-object", "no-offsets", "one-offset", "shape-not-int", "dtype-not-str",
+        "negative-shape", "negative-offset", "past-the-end", "wrong-byte-size"])
+def test_malformed_header_entries(ckpt, header, match):
+    """Valid JSON in the wrong shape is still a WeightsError naming the file, never a KeyError or a TypeError."""
+    write_header(ckpt, header)
+    with pytest.raises(WeightsError, match=r"model\.safetensors.*" + match):
+        minisink.load_model(ckpt)
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2, 3]")
+    with pytest.raises(ConfigError, match=r"not a JSON object"):
+        minisink.load_model(tmp_path)
+
+
 def test_absurd_header_length(ckpt):
     path = ckpt / "model.safetensors"
     data = path.read_bytes()
@@ -389,9 +422,11 @@ def test_index_naming_a_tensor_no_shard_holds(ckpt):
         minisink.load_model(ckpt)
 
 
-def test_corrupt_index(ckpt):
+@pytest.mark.parametrize("index", ["{not json", "[]", '{"metadata": {}}', '{"weight_map": ["a"]}',
+                                   '{"weight_map": {"model.norm.weight": 3}}'])
+def test_corrupt_index(ckpt, index):
     write_shards(ckpt)
-    (ckpt / "model.safetensors.index.json").write_text("{not json")
+    (ckpt / "model.safetensors.index.json").write_text(index)
     with pytest.raises(WeightsError, match=r"index.json is corrupt"):
         minisink.load_model(ckpt)
 

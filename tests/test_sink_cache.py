@@ -18,8 +18,10 @@ Property tests draw tiny random Llama models (GQA and not, 1 to 3 layers), S in 
 about 4 (S + W) tokens (at most 200) and random chunkings. The `real` tests repeat P1/P2 and the recompute
 comparison on SmolLM2-135M-Instruct.
 
-Tolerance: logits agree to 1e-5 absolute plus 1e-5 relative (float32 on logits of size ~5: a different chunking
-changes the BLAS kernels and so the rounding, which alone reaches ~1e-5 absolute on a 3-layer model).
+Tolerance: logits agree to 1e-5 times the row's logit scale, 1 + max |logit| (about 6 here, so ~6e-5 absolute).
+That is float32 rounding, not slack: a different chunking changes the BLAS kernels, and the ring buffer composes
+two float32 rotations where the reference uses one; over 60 random streams the worst such difference was 1.7e-5
+absolute, 4e-6 of the scale. A wrong position or a wrong set of keys moves logits by 1e-2 or more.
 """
 
 from dataclasses import dataclass
@@ -48,6 +50,10 @@ CONFIGS = {
 }
 ONE_LAYER = [name for name, (layers, _, _) in CONFIGS.items() if layers == 1]
 DEEP = [name for name, (layers, _, _) in CONFIGS.items() if layers > 1]
+
+
+# The core properties are cheap (a tiny model, ~0.1 ms per token): run 5x the profile's examples.
+MORE = settings(max_examples=5 * settings().max_examples)
 
 
 @lru_cache(maxsize=None)
@@ -117,12 +123,12 @@ def reference(m, stream: Stream, renumber=True, position_offset=0):
 
 
 def assert_close(got, want, what, tol=TOL):
-    """Logits [n, V] equal up to tol absolute + tol relative; the message names the first step that is not."""
+    """Logits [n, V] equal up to tol times the row's logit scale (1 + max |logit|); the message names the first
+    step that is not."""
     assert got.shape == want.shape, f"{what}: shapes {got.shape} vs {want.shape}"
-    bad = np.abs(got - want) > tol + tol * np.abs(want)
-    diff = float(np.abs(got - want).max())
-    note(f"{what}: max abs diff {diff:.3g}")
-    assert not bad.any(), f"{what}: max abs diff {diff:.3g}, first bad step {int(np.argwhere(bad)[0][0])}"
+    diff = np.abs(got - want)
+    bad = diff > tol * (1 + np.abs(want).max(axis=-1, keepdims=True))
+    assert not bad.any(), f"{what}: max abs diff {diff.max():.3g}, first bad step {int(np.argwhere(bad)[0][0])}"
 
 
 def expected_retained(seen, S, W):
@@ -143,6 +149,7 @@ def test_p1_fits_equals_full_cache(stream):
     assert_close(sink, full, "sink vs full")
 
 
+@MORE
 @given(streams(), st.booleans())
 def test_p2_equals_reference(stream, renumber):
     """P2: at every step, eviction included, the ring buffer equals the reference fed one token at a time, whether
@@ -155,6 +162,7 @@ def test_p2_equals_reference(stream, renumber):
     assert_close(chunked, want, "sink chunked vs reference")
 
 
+@MORE
 @given(streams(), st.booleans())
 def test_p3_chunking_invariance(stream, renumber):
     """P3: any chunking gives the logits of one token at a time (keys join the cache only at the chunk's end, and
@@ -165,6 +173,7 @@ def test_p3_chunking_invariance(stream, renumber):
     assert_close(chunked, step, "chunked vs one at a time")
 
 
+@MORE
 @given(streams())
 def test_p4_retained_and_fixed_storage(stream):
     """P4: after every chunk, retained() is the first S and the last W stream indices, in order; each query of the
@@ -196,6 +205,7 @@ def test_p4_retained_and_fixed_storage(stream):
 OFFSETS = st.one_of(st.just(10**7), st.integers(2**31, 2**31 + 10**6))
 
 
+@MORE
 @given(streams(), st.booleans(), OFFSETS)
 def test_p5_large_position_offset(stream, renumber, offset):
     """P5: a stream that starts at position 10**7 or past 2**31 gives the reference's logits at the same offset,

@@ -1,0 +1,256 @@
+"""Per-token negative log-likelihood of a long text streamed through a cache policy (paper Sec. 4.1, Fig. 3).
+
+What it does: `stream_nll` feeds a token stream through any cache and returns, for every token after the first, the
+NLL the model gave it. Fed one token at a time this is the streaming setting itself; fed in chunks it is the same
+computation, exactly, and much faster:
+
+    The fast exact evaluator. A sink cache's chunked forward lets every query of a chunk attend over the sinks,
+    the ring as it was before the chunk, and the chunk's own tokens, under a banded causal mask (key j visible to
+    query i iff j is a sink or i - j < W), with each query at the position it would have had in the cache. So a
+    chunk of T tokens costs one batched forward instead of T single-token forwards, and the NLLs equal those of
+    token-by-token ring-buffer streaming (tests/test_evaluate.py proves it on random models and chunkings).
+    Most streaming evaluations either run token by token or switch to a recomputed window; this one is neither.
+
+`run_ppl` and `save_run` are `minisink ppl`: a text, a cache policy (dense, window, recompute, sink), the NLL of
+every token, a summary and an .npz/.csv of the run.
+
+What it does not: batch several texts, or evaluate the recompute baseline fast (it is O(W^2) per token by design).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .model import PREFILL_CHUNK
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64 for the NLL sums: [T, V] -> [T, V]."""
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """NLL [N - 1] (nats, float64) of tokens 1..N-1 of `token_ids`, each predicted from the stream before it as
+    `cache` retains it. `chunk` tokens are fed per forward (1: token-by-token streaming); `progress(n)` is called
+    with the number of tokens fed after each chunk."""
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or len(ids) < 2:
+        raise ValueError(f"need a 1-D stream of at least 2 token ids to score, got shape {ids.shape}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    nll = np.empty(len(ids) - 1)
+    for start in range(0, len(ids) - 1, chunk):  # the last token is only predicted, never fed
+        piece = ids[start:min(start + chunk, len(ids) - 1)]
+        logp = log_softmax(model.forward(piece, cache))  # [T, V]
+        targets = ids[start + 1:start + 1 + len(piece)]
+        nll[start:start + len(piece)] = -logp[np.arange(len(piece)), targets]
+        if progress:
+            progress(start + len(piece))
+    return nll
+
+
+def perplexity(nll: np.ndarray) -> float:
+    return float(np.exp(np.mean(nll)))
+
+
+# --- `minisink ppl`: a long text through one cache policy ---------------------------------------------------------
+
+MODES = ("dense", "window", "recompute", "sink")
+DEFAULT_CACHE = 1024  # default total cache for every bounded mode: sink 4 + 1020, window 1024, recompute 1024
+MEMORY_SHARE = 0.5  # dense mode uses at most this share of MemAvailable, leaving the rest as headroom
+
+
+def load_text_ids(tokenizer, text: str, n_tokens: int | None = None) -> np.ndarray:
+    """The first `n_tokens` token ids of `text` (all of them if None), int64 [N].
+
+    Long texts are encoded by growing prefixes rather than whole: the KJV is about a million tokens and a run
+    wants the first 20,000. The prefix is cut 64 tokens past the need, so the cut cannot change the kept ids
+    (byte-level BPE pre-tokenizes word by word)."""
+    if n_tokens is None:
+        return np.asarray(tokenizer.encode(text), dtype=np.int64)
+    if n_tokens < 2:
+        raise ValueError(f"--tokens must be >= 2 (the first token is only context), got {n_tokens}")
+    chars = 8 * (n_tokens + 64)  # English BPE averages ~4-5 characters per token
+    while True:
+        ids = tokenizer.encode(text[:chars])
+        if len(ids) >= n_tokens + 64 or chars >= len(text):
+            return np.asarray(ids[:n_tokens], dtype=np.int64)
+        chars *= 2
+
+
+def kv_bytes_per_token(config) -> int:
+    """Bytes of keys and values one token adds to a full cache: layers * 2 (K and V) * Hkv * D * 4 (float32)."""
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 4
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no /proc)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def dense_token_limit(config, chunk: int = PREFILL_CHUNK, available: int | None = None) -> int | None:
+    """How many tokens dense attention can stream within MEMORY_SHARE of the available memory (None: unknown).
+
+    Per cached token: its keys and values (kv_bytes_per_token), counted 3 times because FullCache grows by doubling
+    and copies while it grows; plus the chunk's score matrices, chunk * H floats per key, counted 3 times (scores,
+    exp, probabilities)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return None
+    per_token = 3 * kv_bytes_per_token(config) + 3 * min(chunk, PREFILL_CHUNK) * config.num_attention_heads * 4
+    return int(MEMORY_SHARE * available // per_token)
+
+
+@dataclass
+class PplRun:
+    """One `minisink ppl` run: the per-token NLL and everything needed to reproduce it."""
+
+    nll: np.ndarray  # [N - 1] nats, float64: NLL of token i + 1 given the stream up to token i
+    mode: str
+    sinks: int
+    window: int | None
+    renumber: bool
+    chunk: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)  # what was truncated or estimated, for the summary
+
+    @property
+    def tokens(self) -> int:
+        return len(self.nll) + 1
+
+    def settings(self) -> dict:
+        return {"mode": self.mode, "sinks": self.sinks, "window": -1 if self.window is None else self.window,
+                "renumber": self.renumber, "chunk": self.chunk, "tokens": self.tokens, "seconds": self.seconds}
+
+    def summary(self, last: int = 1000) -> str:
+        cache = {"dense": "full cache", "window": f"window {self.window}",
+                 "recompute": f"recompute, window {self.window}" + (f" + {self.sinks} sinks" if self.sinks else ""),
+                 "sink": f"{self.sinks} sinks + window {self.window}"}[self.mode]
+        if self.mode in ("sink", "window") and not self.renumber:
+            cache += ", text positions (no renumbering)"
+        lines = [f"{self.mode}: {cache}, {self.tokens} tokens, chunk {self.chunk}",
+                 f"  perplexity               {perplexity(self.nll):10.3f}   (mean NLL {np.mean(self.nll):.4f} nats)"]
+        if len(self.nll) > last:
+            lines.append(f"  perplexity, last {last:<6}  {perplexity(self.nll[-last:]):10.3f}")
+        lines.append(f"  speed                    {len(self.nll) / max(self.seconds, 1e-9):10.1f} tokens/s "
+                     f"({self.seconds:.1f} s)")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def make_cache(model, mode: str, sinks: int | None = None, window: int | None = None, renumber: bool = True):
+    """The cache of a `minisink ppl` mode -> (cache, sinks, window). Defaults: a total cache of DEFAULT_CACHE."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "dense":
+        if sinks is not None or window is not None:
+            raise ValueError("dense mode keeps every token: it takes neither --sinks nor --window")
+        return model.new_cache(), 0, None
+    if mode == "window":
+        if sinks:
+            raise ValueError("window mode has no sinks (it is the sink cache with --sinks 0): use --mode sink")
+        window = DEFAULT_CACHE if window is None else window
+        return model.new_cache(n_sink=0, window=window, renumber=renumber), 0, window
+    if not renumber and mode == "recompute":
+        raise ValueError("--no-renumber applies to the sink and window caches, not to recompute")
+    if mode == "recompute":
+        sinks = 0 if sinks is None else sinks
+        window = DEFAULT_CACHE - sinks if window is None else window
+        return model.new_cache(n_sink=sinks, window=window, recompute=True), sinks, window
+    sinks = 4 if sinks is None else sinks
+    window = DEFAULT_CACHE - sinks if window is None else window
+    return model.new_cache(n_sink=sinks, window=window, renumber=renumber), sinks, window
+
+
+def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: int | None = None,
+            renumber: bool = True, chunk: int = PREFILL_CHUNK, progress: bool = False,
+            say: Callable[[str], None] | None = None) -> PplRun:
+    """Stream `ids` through the cache of `mode` and record every token's NLL (see `stream_nll`).
+
+    dense stops at `dense_token_limit` tokens if the text is longer (a note says so). recompute runs one dense
+    forward over the window per token: an estimate of its cost is passed to `say` before it starts."""
+    ids = np.asarray(ids, dtype=np.int64)
+    cache, sinks, window = make_cache(model, mode, sinks, window, renumber)
+    notes = []
+    if mode == "dense":
+        limit = dense_token_limit(model.config, chunk)
+        if limit is not None and len(ids) > limit:
+            notes.append(f"dense truncated to {limit} of {len(ids)} tokens: more would not fit in memory "
+                         f"({kv_bytes_per_token(model.config) / 1024:.0f} KiB of keys and values per token, "
+                         f"MemAvailable {available_memory() / 2**30:.1f} GiB)")
+            ids = ids[:limit]
+        notes.append(f"dense keys and values: {len(ids) * kv_bytes_per_token(model.config) / 2**20:.0f} MB "
+                     f"for {len(ids)} tokens")
+        if len(ids) > model.config.max_position_embeddings:
+            notes.append(f"the stream passes the model's pre-training length "
+                         f"({model.config.max_position_embeddings} tokens)")
+    if mode == "recompute":
+        chunk = 1  # one fresh forward per token anyway; chunk 1 keeps the progress bar moving
+        start = time.perf_counter()
+        model.forward(ids[:min(len(ids), sinks + window)], model.new_cache())
+        step = time.perf_counter() - start
+        estimate = f"recompute: ~{step:.2f} s per token once the window is full, ~{step * (len(ids) - 1) / 60:.1f} min " \
+                   f"for {len(ids)} tokens (O(W^2) per token; --tokens limits it)"
+        notes.append(estimate)
+        if say:
+            say(estimate)
+    bar = _progress_bar(len(ids) - 1, progress, f"{mode}")
+    start = time.perf_counter()
+    try:
+        nll = stream_nll(model, ids, cache, chunk, bar.update_to if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    return PplRun(nll, mode, sinks, window, renumber, chunk, time.perf_counter() - start, notes)
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar on stderr with an `update_to(n)` method, or None (disabled, or tqdm not installed)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar = tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, dynamic_ncols=True)
+    bar.update_to = lambda n: bar.update(n - bar.n)
+    return bar
+
+
+def save_run(run: PplRun, path, source: str = "", model: str = "") -> Path:
+    """Write the run to `path`, atomically (a temporary name, then os.replace). `.csv`: a `# key=value` header and
+    one `token,nll` row per scored token (token = its index in the stream); anything else: a .npz with `nll` and
+    every setting as a 0-d array."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**run.settings(), "source": source, "model": model}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if path.suffix == ".csv":
+            with open(tmp, "w") as f:
+                f.writelines(f"# {k}={v}\n" for k, v in meta.items())
+                f.write("token,nll\n")
+                f.writelines(f"{i + 1},{x:.6f}\n" for i, x in enumerate(run.nll))
+        else:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+                np.savez(f, nll=run.nll, **{k: np.asarray(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
