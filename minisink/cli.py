@@ -7,6 +7,7 @@
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
+    minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
 """
 
 from __future__ import annotations
@@ -165,6 +166,47 @@ def cmd_ppl(args):
         print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
 
 
+def cmd_attn(args):
+    from . import attention_maps as am
+
+    model, tok = load(args)
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else (args.prompt or am.DEFAULT_PROMPT)
+    ids = tok.encode(text)
+    try:
+        probs = am.capture(model, ids)
+        mass = am.sink_mass(probs, args.first_query)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    uniform = am.uniform_mass(len(ids), args.first_query)
+    print(f"attention on the first token, averaged over queries {args.first_query}..{len(ids) - 1} "
+          f"of a {len(ids)}-token prompt")
+    print(am.format_table(mass, uniform, heads=args.heads))
+    if args.plot:
+        try:
+            maps = am.plot_maps(probs, Path(args.plot) / "attention_maps.png")
+            heat = am.plot_sink_mass(mass, Path(args.plot) / "sink_mass.png", uniform)
+        except ImportError as e:
+            raise SystemExit(f"error: {e}")
+        print(f"wrote {maps} and {heat}")
+
+
+def cmd_assignment(args):
+    from . import assignments
+
+    try:
+        if args.action == "new":
+            for path in assignments.new(args.number, args.dir, solution=args.solution):
+                print(f"wrote {path}")
+            if not args.solution:
+                print(f"implement the TODOs, then: minisink assignment grade {args.number} {args.dir}")
+            return
+        ok = assignments.grade(args.number, args.dir)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if not ok:
+        raise SystemExit(1)
+
+
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
     p.add_argument("--model", help="a Hugging Face model folder (default: the one weights_fetch.py writes)")
     p.add_argument("--sinks", type=int, help=sinks_help)
@@ -224,6 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal; needs tqdm)")
     p.set_defaults(func=cmd_ppl)
+
+    p = sub.add_parser("attn", help="attention on the first token (the sink), per layer and head; plots")
+    p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")
+    p.add_argument("--text", help="read the prompt from this file instead")
+    p.add_argument("--heads", action="store_true", help="print every head, not a summary per layer")
+    p.add_argument("--first-query", type=int, default=4,
+                   help="average over queries from this index on (the first ones can only look back at token 0)")
+    p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib)")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_attn)
+
+    p = sub.add_parser("assignment", help="course assignments: write a skeleton, grade a student's files",
+                       description="new N DIR: the assignment's source file(s) with the functions to write stubbed "
+                                   "out, and its text; grade N DIR: every check, PASS/FAIL, exit code 0 iff all pass")
+    p.add_argument("action", choices=["new", "grade"])
+    p.add_argument("number", type=int, help="the assignment: 1 RMSNorm + RoPE, 2 GQA attention + KV cache, "
+                                            "3 ring buffer with sinks, 4 positions within the cache")
+    p.add_argument("dir", help="the student's folder")
+    p.add_argument("--solution", action="store_true", help="new: write the reference bodies instead of TODOs")
+    p.set_defaults(func=cmd_assignment)
     return parser
 
 

@@ -190,6 +190,8 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
     notes = []
     if mode == "dense":
         limit = dense_token_limit(model.config, chunk)
+        if limit is not None and limit < 2:
+            raise ValueError(f"not enough memory for dense attention (MemAvailable {available_memory()} bytes)")
         if limit is not None and len(ids) > limit:
             notes.append(f"dense truncated to {limit} of {len(ids)} tokens: more would not fit in memory "
                          f"({kv_bytes_per_token(model.config) / 1024:.0f} KiB of keys and values per token, "

@@ -38,7 +38,8 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1 + np.exp(-x))
+    """x * sigmoid(x), with sigmoid(x) = (1 + tanh(x / 2)) / 2: the same function, but no exp() to overflow."""
+    return x * (0.5 + 0.5 * np.tanh(0.5 * x))
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
