@@ -4,8 +4,8 @@
 
 Perplexities are exp(mean NLL) over the stated stretch of tokens. Stretches are given as token indices in the
 stream (the NLL of token i is predicted from tokens 0..i-1). Runs of different lengths share their first tokens:
-the NLL of a token depends only on the stream before it, so the first 4,000 tokens of a 20,000-token run are a
-4,000-token run.
+the NLL of a token depends only on the stream before it, so the first 8,000 tokens of a 20,000-token run are an
+8,000-token run.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def plot_policies(runs: Path, img: Path, names):
             x, y = running_mean(nll)
             ax.plot(x, y, style, lw=1, label=label)
     ax.axvline(PRETRAIN, color="gray", lw=0.8, ls=":")
-    ax.text(PRETRAIN, ax.get_ylim()[1], " 8192 (pre-training length)", fontsize=7, va="top", color="gray")
+    ax.text(PRETRAIN, ax.get_ylim()[0], " 8192: pre-training length", fontsize=7, va="bottom", color="gray")
     ax.set_xlabel("tokens streamed (KJV)")
     ax.set_ylabel(f"log perplexity (mean NLL, last {SMOOTH} tokens)")
     ax.legend(fontsize=7, loc="upper left")
@@ -135,17 +135,17 @@ def main(argv=None) -> int:
     for S in (0, 1, 2, 4, 8):
         name = "window_256" if S == 0 else f"sink_{S}_{256 - S}"
         nll = load(R, name)
-        rows.append([S, 256 - S, ppl(nll, 1, 4000), ppl(nll, 257, 4000)])
-    out.append("### Sink count, S + W = 256, first 4,000 tokens\n\n" + table(
-        ["sinks S", "window W", "ppl, tokens 1-3999", "ppl, tokens 257-3999 (cache full)"], rows))
+        rows.append([S, 256 - S, ppl(nll, 1, 8000), ppl(nll, 257, 8000)])
+    out.append("### Sink count, S + W = 256, first 8,000 tokens\n\n" + table(
+        ["sinks S", "window W", "ppl, tokens 1-7999", "ppl, tokens 257-7999 (cache full)"], rows))
 
     # Table 6: cache size
     rows = []
     for W in (124, 252, 508, 1020):
         nll = load(R, f"sink_4_{W}")
-        rows.append([f"4 + {W}", ppl(nll, 1, 4000), ppl(nll, 1025, 4000)])
-    out.append("### Cache size, 4 sinks + W, first 4,000 tokens\n\n" + table(
-        ["cache", "ppl, tokens 1-3999", "ppl, tokens 1025-3999"], rows))
+        rows.append([f"4 + {W}", ppl(nll, 1, 8000), ppl(nll, 1025, 8000)])
+    out.append("### Cache size, 4 sinks + W, first 8,000 tokens\n\n" + table(
+        ["cache", "ppl, tokens 1-7999", "ppl, tokens 1025-7999"], rows))
 
     # sinks x renumbering
     rows = []
@@ -153,10 +153,10 @@ def main(argv=None) -> int:
         a, b = load(R, on), load(R, off)
         n = min(len(a), len(b)) if a is not None and b is not None else 0
         diff = f"{np.nanmax(np.abs(a[:n] - b[:n])):.2g}" if n else "-"
-        rows.append([S, "cache (paper)", ppl(a, 1, PRETRAIN), ppl(a, PRETRAIN, 20000), ppl(a, 1, 4000), ""])
-        rows.append([S, "text (ablation)", ppl(b, 1, PRETRAIN), ppl(b, PRETRAIN, 20000), ppl(b, 1, 4000), diff])
+        rows.append([S, "cache (paper)", ppl(a, 1, PRETRAIN), ppl(a, PRETRAIN, 20000), ppl(a, 19000, 20000), ""])
+        rows.append([S, "text (ablation)", ppl(b, 1, PRETRAIN), ppl(b, PRETRAIN, 20000), ppl(b, 19000, 20000), diff])
     out.append("### Sinks x position renumbering, total cache 256\n\n" + table(
-        ["sinks", "positions", "ppl, 1-8191", "ppl, 8192-19999", "ppl, 1-3999", "max abs NLL difference"], rows))
+        ["sinks", "positions", "ppl, 1-8191", "ppl, 8192-19999", "ppl, 19000-19999", "max abs NLL difference"], rows))
     print("wrote", plot_policies(R, args.img / "renumbering.png", [
         ("sink_4_252", "4 sinks + 252, positions within the cache", "C0-"),
         ("sink_4_252_textpos", "4 sinks + 252, positions in the text", "C3-"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # tokens: past the 8192 pre-training length; the ablations; recompute (~0.5-1.5 s per token); dense
-LONG, SHORT, RECOMPUTE, DENSE = 20000, 4000, 400, 10000
+LONG, SHORT, RECOMPUTE, DENSE = 20000, 8000, 800, 20000
 
 # name -> arguments of `minisink ppl` (all on the KJV, from its first token)
 PPL_RUNS = {  # in the order they run: the most telling first
@@ -40,7 +40,7 @@ PPL_RUNS = {  # in the order they run: the most telling first
     # the quality baseline, over the stretch it can afford
     "recompute_256": f"--mode recompute --window 256 --tokens {RECOMPUTE}",
     # window attention keeping text positions: the same numbers as renumbered (RoPE shift invariance)
-    "window_256_textpos": f"--mode window --window 256 --no-renumber --tokens {SHORT}",
+    "window_256_textpos": f"--mode window --window 256 --no-renumber --tokens {LONG}",
     # dense attention past the 8192-token pre-training length
     "dense": f"--mode dense --tokens {DENSE}",
 }

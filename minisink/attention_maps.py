@@ -128,6 +128,6 @@ def plot_sink_mass(mass: np.ndarray, path, uniform: float | None = None) -> Path
 def _save(fig, plt, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return path
