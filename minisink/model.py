@@ -43,9 +43,12 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis; subtracting the row max first keeps exp() from overflowing."""
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis. Subtracting the row max first keeps exp() from overflowing; the rest happens in
+    that one new array (a long chunk's scores are large, and fresh temporaries cost page faults)."""
+    e = scores - scores.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -109,7 +112,9 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int) -> tuple[np
         qb = q if block.query_rotation is None else apply_rope(q, block.query_rotation)
         qb = qb.reshape(T, n_kv_heads, G, D).transpose(1, 2, 0, 3).reshape(n_kv_heads, G * T, D)
         s = (qb @ block.keys).reshape(n_kv_heads, G, T, -1)  # [Hkv, G, T, L]
-        scores.append(s if block.mask is None else s + block.mask)
+        if block.mask is not None:
+            s += block.mask  # in place: s is a fresh array
+        scores.append(s)
     probs = softmax(scores[0] if len(scores) == 1 else np.concatenate(scores, axis=-1))  # [Hkv, G, T, sum L]
 
     out, start = None, 0
