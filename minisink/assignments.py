@@ -10,7 +10,7 @@ kept), generated from the installed source with `ast`, so it never drifts from t
 student's file(s) from the folder, plugs the assignment's functions/classes into minisink in place of the reference
 (module attributes are swapped, then restored), and runs checks against someone else's answer: transformers'
 `LlamaRMSNorm`, `apply_rotary_pos_emb` and `LlamaForCausalLM` when torch is installed, a per-head loop, the reference
-implementation, and an explicit-positions sink cache written here for clarity (it mirrors tests/reference_cache.py).
+implementation, and an explicit-positions sink cache written here for clarity (the tests use it as the ring buffer's oracle too).
 Property checks run over seeded random tiny models and streams; a failure names its sizes and seed.
 
 What it does not: sandbox the student's code (it runs in this process), or grade anything but the assignment's
@@ -192,7 +192,7 @@ def random_sizes(rng) -> dict:
 
 
 class ExplicitSinkCache:
-    """The sink cache written for clarity, not speed (as tests/reference_cache.py): every token's pre-RoPE key kept
+    """The sink cache written for clarity, not speed (the oracle of tests/test_sink_cache.py): every pre-RoPE key kept
     forever; the query at stream index t sees the first S and the last W tokens (itself included), numbered
     0..n-1 in stream order (or, with renumber=False, at their positions in the text). One token per call."""
 
@@ -224,6 +224,10 @@ class ExplicitSinkCache:
 
     def end(self):
         self.t += 1
+
+    def retained(self):
+        """Stream indices the last query saw: the first S and the last W, in stream order."""
+        return np.array(self.visible(self.t - 1)) if self.t else np.array([], dtype=int)
 
 
 def feed(model, ids, cache, chunks=None) -> np.ndarray:

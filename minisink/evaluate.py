@@ -31,18 +31,11 @@ import numpy as np
 from .model import PREFILL_CHUNK
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log softmax over the last axis, in float64 for the NLL sums: [T, V] -> [T, V]."""
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log softmax(logits)[target] per row, [T, V] + [T] -> [T] float64: logsumexp - the target's logit.
 
     The exponentials stay in float32 (after subtracting the row max, so none overflows) and are summed in float64:
-    a full float64 log_softmax of [512, 49152] logits costs as much as a third of the forward pass."""
+    a full float64 log-softmax of [512, 49152] logits costs as much as a third of the forward pass."""
     rows = np.arange(len(targets))
     top = logits.max(axis=-1)  # [T]
     e = logits - top[:, None]  # [T, V]

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # weights_fetch.py lives at the top level
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py, tests/reference_cache.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
 
 # CI runs a fixed, derandomized profile; a failure prints the example and the seed to reproduce it.
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,

@@ -2,7 +2,7 @@
 
 Property tests over random tiny models, stream lengths, sink counts, windows and chunkings: the chunked sink cache
 gives every token the NLL that one-token-at-a-time ring-buffer streaming gives it, and that the explicit-position
-reference cache (tests/reference_cache.py, positions assigned within the cache by hand) gives it. Also the full
+reference cache (minisink/assignments.py::ExplicitSinkCache, positions assigned within the cache by hand) gives it. Also the full
 cache, the recompute baseline against a plain loop, and the `minisink ppl` plumbing (run_ppl, save_run, ids).
 """
 
@@ -11,13 +11,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minisink.evaluate import (dense_token_limit, kv_bytes_per_token, load_text_ids, log_softmax, perplexity,
+from minisink.evaluate import (dense_token_limit, kv_bytes_per_token, load_text_ids, perplexity,
                                run_ppl, save_run, stream_nll)
 from minisink.model import PREFILL_CHUNK
-from reference_cache import ReferenceSinkCache
+from minisink.assignments import ExplicitSinkCache as ReferenceSinkCache
 from tiny import tiny_model
 
 MODELS = {seed: tiny_model(seed) for seed in range(3)}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The plain float64 log softmax over the last axis, the oracle for evaluate.token_nll."""
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 TOL = 1e-4  # nats, per token
 
 
