@@ -467,12 +467,16 @@ def _check_attention(s, n_blocks, rotate):
         blocks = random_blocks(rng, T, Hkv, D, n_blocks if n_blocks else int(rng.integers(1, 4)), rotate)
         where = (f"T={T}, H={Hkv * G}, Hkv={Hkv}, D={D}, blocks of L={[b.keys.shape[2] for b in blocks]}"
                  f"{' with masks/query rotations' if rotate else ''}, seed={seed}")
-        result = s.attention(q, blocks, Hkv)
+        result = s.attention(q, blocks, Hkv, with_probs=True)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise Fail(f"{where}: attention must return (output, probabilities), got {type(result).__name__}")
         want_out, want_probs = loop_attention(q, blocks, Hkv)
         close("output [T, H * D]", result[0], want_out, 1e-4, where)
         close("probabilities [Hkv, G, T, sum L]", result[1], want_probs, 1e-5, where)
+        out, probs = s.attention(q, blocks, Hkv)
+        if probs is not None:
+            raise Fail(f"{where}: without with_probs=True, attention must return (output, None)")
+        close("output [T, H * D] (with_probs=False)", out, want_out, 1e-4, where)
 
 
 def check_attention_one_block(s):

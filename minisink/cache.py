@@ -61,7 +61,12 @@ class KVBlock:
 
 def causal_mask(query_pos: np.ndarray, key_pos: np.ndarray) -> np.ndarray:
     """[T, L] additive mask: query i may see key j iff key_pos[j] <= query_pos[i]."""
-    return np.where(key_pos[None, :] <= query_pos[:, None], np.float32(0), MASKED).astype(np.float32)
+    return additive_mask(key_pos[None, :] <= query_pos[:, None])
+
+
+def additive_mask(visible: np.ndarray) -> np.ndarray | None:
+    """[T, L] bools -> [T, L] float32, 0 where visible and -inf where not; None (no mask to add) if all visible."""
+    return None if visible.all() else np.where(visible, np.float32(0), MASKED).astype(np.float32)
 
 
 def keys_layout(k: np.ndarray) -> np.ndarray:
@@ -96,7 +101,7 @@ class FullCache:
         self.new = slice(n, n + T)
         self.length = n + T
         positions = self.position_offset + np.arange(n + T)  # [n + T] every token's position in the text
-        self.mask = causal_mask(positions[n:], positions) if T > 1 else None  # [T, n + T]; a lone query sees all
+        self.mask = causal_mask(positions[n:], positions)  # [T, n + T]; None for a lone query: it sees all
         return rotation(positions[n:], self.inv_freq)  # the new tokens' positions
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
@@ -166,10 +171,10 @@ class SinkCache:
         self.sink_mask = causal_mask(stream, np.arange(n_sinks))  # [T, n_sinks]
         ring_token = self.slot_token[S:]  # [W]
         ring_visible = (ring_token >= 0)[None, :] & (stream[:, None] - ring_token[None, :] < W)
-        self.ring_mask = np.where(ring_visible, np.float32(0), MASKED).astype(np.float32)  # [T, W]
+        self.ring_mask = additive_mask(ring_visible)  # [T, W]
         new_tokens = stream[self.new_window]
         new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
-        self.new_mask = np.where(new_visible, np.float32(0), MASKED).astype(np.float32)  # [T, T_window]
+        self.new_mask = additive_mask(new_visible)  # [T, T_window]
         self.n_sinks, self.ring_filled = n_sinks, bool((ring_token >= 0).any())
         return rotation(self.position_offset + stream, self.inv_freq)  # every key at its position in the stream
 

@@ -43,8 +43,10 @@ def apply_rope(x: np.ndarray, rot: Rotation) -> np.ndarray:
     """Rotate every head of x [T, n_heads, D] by its token's angles: [T, n_heads, D] -> [T, n_heads, D].
 
     [x1, x2] * [cos, cos] + [x2, x1] * [-sin, sin] = [x1 cos - x2 sin, x2 cos + x1 sin].
+    Seen as [T, n_heads, 2, D/2] (its two halves), x reversed along the halves axis is [x2, x1]: a view, no copy.
     """
-    assert x.shape[0] == rot.cos.shape[0] and x.shape[2] == rot.cos.shape[2], f"{x.shape} vs {rot.cos.shape}"
-    half = x.shape[-1] // 2
-    swapped = np.concatenate([x[..., half:], x[..., :half]], axis=-1)  # [x2, x1]
-    return x * rot.cos + swapped * rot.sin
+    T, n_heads, D = x.shape
+    assert T == rot.cos.shape[0] and D == rot.cos.shape[2], f"{x.shape} vs {rot.cos.shape}"
+    halves = x.reshape(T, n_heads, 2, D // 2)  # [x1, x2]
+    cos, sin = rot.cos.reshape(T, 1, 2, D // 2), rot.sin.reshape(T, 1, 2, D // 2)
+    return (halves * cos + halves[:, :, ::-1] * sin).reshape(T, n_heads, D)
