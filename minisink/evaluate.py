@@ -114,12 +114,12 @@ def dense_token_limit(config, chunk: int = PREFILL_CHUNK, available: int | None 
     """How many tokens dense attention can stream within MEMORY_SHARE of the available memory (None: unknown).
 
     Per cached token: its keys and values (kv_bytes_per_token), counted 3 times because FullCache grows by doubling
-    and copies while it grows; plus the chunk's score matrices, chunk * H floats per key, counted 3 times (scores,
-    exp, probabilities)."""
+    and copies while it grows; plus the chunk's scores, chunk * H floats per key (attention makes them once and
+    works on them in place)."""
     available = available_memory() if available is None else available
     if available is None:
         return None
-    per_token = 3 * kv_bytes_per_token(config) + 3 * min(chunk, PREFILL_CHUNK) * config.num_attention_heads * 4
+    per_token = 3 * kv_bytes_per_token(config) + min(chunk, PREFILL_CHUNK) * config.num_attention_heads * 4
     return int(MEMORY_SHARE * available // per_token)
 
 

