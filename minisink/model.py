@@ -27,7 +27,7 @@ from .weights import load_weights
 
 # Long inputs are fed in chunks of this many tokens, so score matrices stay small. Each query of a chunk sees the
 # cache plus the chunk, so a 512-token prompt fed as 2 x 256 computes 3/4 of the causal scores a single chunk
-# would (the upper-right quarter is never formed); `minisink bench` measured it about 15% faster overall.
+# would (the upper-right quarter is never formed): about 15% faster overall, measured here.
 PREFILL_CHUNK = 256
 
 
