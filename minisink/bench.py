@@ -107,11 +107,10 @@ def bench_transformers(path, repeats: int = 3) -> dict | None:
             start = time.perf_counter()
             model(ids, use_cache=False)
             prefill.append(time.perf_counter() - start)
-        rng = np.random.default_rng(1)
         for _ in range(repeats):
             past = model(ids[:, :SHORT_PROMPT], use_cache=True).past_key_values
-            for _ in range(DECODE_TOKENS):
-                token = torch.tensor([[int(rng.integers(100, vocab))]])
+            for token in prompt_ids(DECODE_TOKENS, vocab, seed=1):  # the tokens minisink's decode_steps feeds
+                token = torch.tensor([[int(token)]])
                 start = time.perf_counter()
                 past = model(token, past_key_values=past, use_cache=True).past_key_values
                 steps.append(time.perf_counter() - start)

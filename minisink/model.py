@@ -91,10 +91,11 @@ class Layer:
                   "o_proj": ["self_attn.o_proj"],
                   "gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
                   "down_proj": ["mlp.down_proj"]}
-        buffer = np.concatenate([w[p + name + ".weight"].ravel() for names in groups.values() for name in names])
+        parts = {key: [w[p + name + ".weight"] for name in names] for key, names in groups.items()}  # [out, in] each
+        buffer = np.concatenate([m.ravel() for group in parts.values() for m in group])  # the layer's one allocation
         matrices, start = {}, 0
-        for key, names in groups.items():  # each group's rows, stacked, are a slice of the buffer
-            rows, cols = sum(w[p + name + ".weight"].shape[0] for name in names), w[p + names[0] + ".weight"].shape[1]
+        for key, group in parts.items():  # a group's matrices, rows stacked, are one slice of the buffer
+            rows, cols = sum(len(m) for m in group), group[0].shape[1]
             matrices[key] = buffer[start:start + rows * cols].reshape(rows, cols)
             start += rows * cols
 
@@ -187,8 +188,7 @@ class Llama:
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
             return cache.forward(self, token_ids)
         chunks = [token_ids[i:i + PREFILL_CHUNK] for i in range(0, len(token_ids), PREFILL_CHUNK)]
-        logits = [self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks]
-        return logits[0] if len(logits) == 1 else np.concatenate(logits)  # [T, V]
+        return np.concatenate([self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks])  # [T, V]
 
     def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
         c = self.config
