@@ -4,7 +4,8 @@ What it measures on a model folder (the default model unless told otherwise), ea
 - load time; prefill tokens/s on a 512-token prompt; decode ms/token for 128 tokens after a short prompt;
 - the memory floor of decode: the same weight matrices pushed through plain matrix-vector products and nothing
   else (decode is memory-bound: every weight is read once per token); decode is reported as a multiple of it;
-- transformers' eager float32 Llama on the same weights, same threads, same prompt (when transformers is installed);
+- transformers' float32 Llama on the same weights, same threads, same prompt (when transformers is installed), with
+  its eager attention (`attn_implementation="eager"`, the baseline of the targets) and with SDPA (its default);
 - the sink cache (4 + 1020) at stream positions ~1,100 and ~20,000, the full cache at the same number of cached
   tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream.
 What it does not: assert anything. Targets are printed beside the figures; tests check correctness, not speed.
@@ -91,14 +92,16 @@ def bench_minisink(path, repeats: int = 3) -> dict:
             "decode_ms": median_ms(steps), "floor_ms": median_ms(floors)}
 
 
-def bench_transformers(path, repeats: int = 3) -> dict | None:
+def bench_transformers(path, attention: str, repeats: int = 3) -> dict | None:
+    """transformers' Llama with the given `attn_implementation` ("eager": its plain PyTorch attention; "sdpa":
+    torch's fused scaled_dot_product_attention, its default)."""
     try:
         import torch
         from transformers import AutoModelForCausalLM
     except ImportError:
         return None
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention).eval()
     vocab = model.config.vocab_size
     ids = torch.tensor(prompt_ids(PREFILL_TOKENS, vocab))[None]
     prefill, steps = [], []
@@ -167,6 +170,22 @@ def bench_evaluator(model, single: int = 256, chunks: int = 3, sizes=(128, 256))
     return out
 
 
+def print_transformers(path, m: dict):
+    """transformers' figures and minisink's speed ratios to them: the targets are set against its eager model."""
+    for attention in ("eager", "sdpa"):
+        t = bench_transformers(path, attention)
+        if t is None:
+            print("transformers not installed: pip install 'minisink[oracle]' for the comparison")
+            return
+        target = attention == "eager"
+        print(f"transformers fp32, {attention + ' attention':<15} prefill {t['prefill_tok_s']:.1f} tok/s, "
+              f"decode {t['decode_ms']:.2f} ms/token")
+        print(f"  prefill speed ratio     {m['prefill_tok_s'] / t['prefill_tok_s']:7.2f} x" +
+              ("        (target >= 1.0)" if target else ""))
+        print(f"  decode speed ratio      {t['decode_ms'] / m['decode_ms']:7.2f} x" +
+              ("        (target >= 1.5)" if target else ""))
+
+
 def run_bench(path, quick: bool = False):
     print(f"minisink bench on {path} (medians; ratios are measured in this run)\n")
     m = bench_minisink(path)
@@ -176,13 +195,8 @@ def run_bench(path, quick: bool = False):
     print(f"decode, short context     {m['decode_ms']:7.2f} ms/token = {1000 / m['decode_ms']:.1f} tok/s")
     print(f"memory floor (matvecs)    {m['floor_ms']:7.2f} ms/token")
     print(f"  decode / floor          {m['decode_ms'] / m['floor_ms']:7.3f} x        (target <= 1.11)")
-    t = None if quick else bench_transformers(path)
-    if t:
-        print(f"transformers eager fp32   prefill {t['prefill_tok_s']:.1f} tok/s, decode {t['decode_ms']:.2f} ms/token")
-        print(f"  prefill speed ratio     {m['prefill_tok_s'] / t['prefill_tok_s']:7.2f} x        (target >= 1.0)")
-        print(f"  decode speed ratio      {t['decode_ms'] / m['decode_ms']:7.2f} x        (target >= 1.5)")
-    elif not quick:
-        print("transformers not installed: pip install 'minisink[oracle]' for the comparison")
+    if not quick:
+        print_transformers(path, m)
     c = bench_caches(model, quick)
     print(f"\nsink cache 4+1020 ({c['sink_cache_mb']:.0f} MB of keys and values, fixed at construction)")
     print(f"  decode at ~1,100        {c['sink_1100_ms']:7.2f} ms/token   RSS {c['rss_1100_mb']:.0f} MB")

@@ -187,14 +187,20 @@ class Llama:
         token_ids = self._check_ids(token_ids)
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
             return cache.forward(self, token_ids)
-        chunks = [token_ids[i:i + PREFILL_CHUNK] for i in range(0, len(token_ids), PREFILL_CHUNK)]
-        return np.concatenate([self.forward_chunk(chunk, cache, attention_probs) for chunk in chunks])  # [T, V]
+        logits = np.empty((len(token_ids), len(self.lm_head)), dtype=np.float32)  # [T, V]
+        for start in range(0, len(token_ids), PREFILL_CHUNK):
+            rows = slice(start, start + PREFILL_CHUNK)
+            x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], final norm applied
+            np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
+        return logits
 
     def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
+        """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
+        `forward` multiplies them by the LM head."""
         c = self.config
         T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
         rotation = cache.begin(T)  # the cache decides the new tokens' positions
-        x = self.embed_tokens[token_ids]  # [T, d_model]
+        x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream, updated in place
         for n, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
             qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [T, (H + 2 Hkv) * D]
@@ -204,15 +210,14 @@ class Llama:
             out, probs = attention(q, cache.blocks(n, k, v), Hkv, attention_probs is not None)  # [T, H * D]
             if attention_probs is not None:
                 attention_probs.append(probs.reshape(H, T, -1))
-            x = x + linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
+            x += linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
 
             h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
             I = gate_up.shape[1] // 2
-            x = x + linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
+            x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
         cache.end()
-        x = rms_norm(x, self.norm, c.rms_norm_eps)
-        return x @ self.lm_head.T  # [T, V]
+        return rms_norm(x, self.norm, c.rms_norm_eps)  # [T, d_model]
 
     def _check_ids(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids)
