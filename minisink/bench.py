@@ -111,13 +111,14 @@ def bench_transformers(path, attention: str, repeats: int = 3) -> dict | None:
             model(ids, use_cache=False)
             prefill.append(time.perf_counter() - start)
         for _ in range(repeats):
-            past = model(ids[:, :SHORT_PROMPT], use_cache=True).past_key_values
+            cache = model(ids[:, :SHORT_PROMPT], use_cache=True).cache
             for token in prompt_ids(DECODE_TOKENS, vocab, seed=1):  # the tokens minisink's decode_steps feeds
                 token = torch.tensor([[int(token)]])
                 start = time.perf_counter()
-                past = model(token, past_key_values=past, use_cache=True).past_key_values
+                cache = model(token, cache=cache, use_cache=True).cache
                 steps.append(time.perf_counter() - start)
-    return {"prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill), "decode_ms": median_ms(steps)}
+    return {"attention": model.config._attn_implementation,  # what transformers actually ran
+            "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill), "decode_ms": median_ms(steps)}
 
 
 def fill(model, cache, n: int):
@@ -178,7 +179,7 @@ def print_transformers(path, m: dict):
             print("transformers not installed: pip install 'minisink[oracle]' for the comparison")
             return
         target = attention == "eager"
-        print(f"transformers fp32, {attention + ' attention':<15} prefill {t['prefill_tok_s']:.1f} tok/s, "
+        print(f"transformers fp32, {t['attention'] + ' attention':<15} prefill {t['prefill_tok_s']:.1f} tok/s, "
               f"decode {t['decode_ms']:.2f} ms/token")
         print(f"  prefill speed ratio     {m['prefill_tok_s'] / t['prefill_tok_s']:7.2f} x" +
               ("        (target >= 1.0)" if target else ""))
