@@ -84,13 +84,16 @@ class Stream:
 
 
 @st.composite
-def streams(draw, models=tuple(CONFIGS), S=st.integers(0, 8), W=st.integers(1, 64), length=None):
-    """A model, S, W, a token stream and a chunking. `length(S, W)` -> strategy for the stream length."""
+def streams(draw, models=tuple(CONFIGS), S=st.integers(0, 8), W=st.integers(1, 64), length=None,
+            distinct=False):
+    """A model, S, W, a token stream and a chunking. `length(S, W)` -> strategy for the stream length;
+    `distinct`: no token id twice in the stream."""
     name = draw(st.sampled_from(models))
     s, w = draw(S), draw(W)
     n = draw(length(s, w) if length else st.integers(1, min(MAX_TOKENS, 4 * (s + w) + 4)))
     seed = draw(st.integers(0, 2**32 - 1))
-    tokens = np.random.default_rng(seed).integers(0, VOCAB, n)
+    rng = np.random.default_rng(seed)
+    tokens = rng.permutation(VOCAB)[:n] if distinct else rng.integers(0, VOCAB, n)
     cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=12))) if n > 1 else []
     return Stream(name, s, w, tokens, cuts)
 
@@ -264,7 +267,10 @@ def test_validation(kwargs):
 # Several layers: from layer 2 on, a retained token's key depends on what it attended to below. The sink cache
 # keeps the key computed when the token saw its own window; recompute rebuilds it from the truncated context.
 # They agree before the first eviction, and differ after it, except for W = 1, where the only window token is
-# the current one (computed now in both) and the sinks only ever saw each other.
+# the current one (computed now in both) and the sinks only ever saw each other. They differ on streams of distinct
+# tokens: with repeats, the truncated context can be indistinguishable from the full one (hypothesis found
+# [30, 30, 12] at S = 0, W = 2: attending over two copies of one token gives exactly what attending over one gives,
+# since values carry no position, so every layer's keys come out the same).
 
 SHORT = dict(S=st.integers(0, 8), W=st.integers(1, 24))  # recompute is O(W^2) per token: keep it small
 
@@ -281,7 +287,7 @@ def test_recompute_equals_sink_cache_on_one_layer(stream):
 
 
 @MORE
-@given(streams(models=tuple(DEEP), length=evicts(extra=25), **SHORT))
+@given(streams(models=tuple(DEEP), length=evicts(extra=25), distinct=True, **SHORT))
 def test_recompute_differs_from_sink_cache_after_eviction(stream):
     m = model(stream.model)
     S, W = stream.S, stream.W
