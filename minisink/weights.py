@@ -15,6 +15,7 @@ bfloat16 is the top 16 bits of a float32, so shifting its bits left by 16 gives 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -31,50 +32,60 @@ _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one .safetensors file as float32 arrays."""
+    """All tensors of one .safetensors file as float32 arrays. Each tensor's bytes are read from the file straight
+    into its own array: no copy of the whole file is held in memory on the way (half a gigabyte for SmolLM2)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header, start = _read_header(f, path, size)
+            return {name: _read_tensor(f, path, name, info, start, size) for name, info in header.items()}
     except OSError as e:
         raise WeightsError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) < 8:
-        raise WeightsError(f"{path} is truncated ({len(data)} bytes): re-fetch the model")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if 8 + header_len > len(data):
+
+
+def _read_header(f, path: Path, size: int) -> tuple[dict, int]:
+    """The JSON header of an open .safetensors file and the offset where the tensor bytes start."""
+    if size < 8:
+        raise WeightsError(f"{path} is truncated ({size} bytes): re-fetch the model")
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    if 8 + header_len > size:
         raise WeightsError(f"{path} is corrupt or truncated (header of {header_len} bytes in a file of "
-                           f"{len(data)}): re-fetch the model")
+                           f"{size}): re-fetch the model")
     try:
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(f.read(header_len))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model")
     header.pop("__metadata__", None)
-    body = memoryview(data)[8 + header_len:]
+    return header, 8 + header_len
 
-    tensors = {}
-    for name, info in header.items():
-        try:  # a header entry is {"dtype": str, "shape": [ints >= 0], "data_offsets": [begin, end]}
-            dtype_name, (begin, end) = info["dtype"], info["data_offsets"]
-            shape = tuple(int(n) for n in info["shape"])
-            well_formed = isinstance(dtype_name, str) and min(shape, default=0) >= 0 and 0 <= begin <= end
-        except (TypeError, KeyError, ValueError):
-            well_formed = False
-        if not well_formed:
-            raise WeightsError(f"{path} has a corrupt header (entry '{name}'): re-fetch the model")
-        dtype = _DTYPES.get(dtype_name)
-        if dtype is None:
-            raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype_name}; "
-                               "minisink reads F32, F16 and BF16")
-        if end > len(body) or end - begin != dtype.itemsize * int(np.prod(shape)):
-            raise WeightsError(f"tensor '{name}' in {path} runs past the end of the file or has the wrong "
-                               "byte size: the file is truncated or corrupt; re-fetch the model")
-        raw = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
-        if info["dtype"] == "BF16":
-            tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            tensors[name] = raw.astype(np.float32)  # a copy: the arrays do not keep the file's bytes alive
-    return tensors
+
+def _read_tensor(f, path: Path, name: str, info, start: int, size: int) -> np.ndarray:
+    """One tensor, checked against its header entry {"dtype": str, "shape": [ints >= 0], "data_offsets": [b, e]}
+    (offsets count from `start`), as float32."""
+    try:
+        dtype_name, (begin, end) = info["dtype"], info["data_offsets"]
+        shape = tuple(int(n) for n in info["shape"])
+        well_formed = isinstance(dtype_name, str) and min(shape, default=0) >= 0 and 0 <= begin <= end
+    except (TypeError, KeyError, ValueError):
+        well_formed = False
+    if not well_formed:
+        raise WeightsError(f"{path} has a corrupt header (entry '{name}'): re-fetch the model")
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
+        raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype_name}; minisink reads F32, F16 and BF16")
+    if start + end > size or end - begin != dtype.itemsize * int(np.prod(shape)):
+        raise WeightsError(f"tensor '{name}' in {path} runs past the end of the file or has the wrong "
+                           "byte size: the file is truncated or corrupt; re-fetch the model")
+    raw = np.empty(shape, dtype=dtype)
+    f.seek(start + begin)
+    if raw.nbytes and f.readinto(memoryview(raw).cast("B")) != raw.nbytes:  # the file shrank while we read it
+        raise WeightsError(f"tensor '{name}' in {path} is cut short: the file is truncated; re-fetch the model")
+    if dtype_name == "BF16":  # the top 16 bits of a float32
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32, copy=False)  # F32 as read; F16 converted
 
 
 def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
