@@ -10,7 +10,8 @@ kept), generated from the installed source with `ast`, so it never drifts from t
 student's file(s) from the folder, plugs the assignment's functions/classes into minisink in place of the reference
 (module attributes are swapped, then restored), and runs checks against someone else's answer: transformers'
 `LlamaRMSNorm`, `apply_rotary_pos_emb` and `LlamaForCausalLM` when torch is installed, a per-head loop, the reference
-implementation, and an explicit-positions sink cache written here for clarity (the tests use it as the ring buffer's oracle too).
+implementation, and an explicit-positions sink cache written here for clarity (the tests use it as the ring
+buffer's oracle too).
 Property checks run over seeded random tiny models and streams; a failure names its sizes and seed.
 
 What it does not: sandbox the student's code (it runs in this process), or grade anything but the assignment's

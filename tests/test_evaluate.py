@@ -2,8 +2,9 @@
 
 Property tests over random tiny models, stream lengths, sink counts, windows and chunkings: the chunked sink cache
 gives every token the NLL that one-token-at-a-time ring-buffer streaming gives it, and that the explicit-position
-reference cache (minisink/assignments.py::ExplicitSinkCache, positions assigned within the cache by hand) gives it. Also the full
-cache, the recompute baseline against a plain loop, and the `minisink ppl` plumbing (run_ppl, save_run, ids).
+reference cache (minisink/assignments.py::ExplicitSinkCache, positions assigned within the cache by hand) gives
+it. Also the full cache, the recompute baseline against a plain loop, and the `minisink ppl` plumbing (run_ppl,
+save_run, ids).
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ from minisink.assignments import ExplicitSinkCache as ReferenceSinkCache
 from tiny import tiny_model
 
 MODELS = {seed: tiny_model(seed) for seed in range(3)}
+TOL = 1e-4  # nats, per token
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -25,7 +27,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-TOL = 1e-4  # nats, per token
 
 
 def stream(seed, n, data_seed=0):

@@ -6,8 +6,8 @@ itself included, at positions within the cache (the retained tokens, in stream o
 
 Oracles, none of them the ring buffer itself:
 - the full cache (dense attention) while the stream still fits in S + W tokens (P1);
-- minisink/assignments.py::ExplicitSinkCache, which keeps every token's pre-RoPE keys forever and selects, numbers and rotates them
-  explicitly for each query, one token per call (P2, P5);
+- minisink/assignments.py::ExplicitSinkCache, which keeps every token's pre-RoPE keys forever and selects,
+  numbers and rotates them explicitly for each query, one token per call (P2, P5);
 - the same cache fed one token at a time, for any chunking (P3);
 - a Python list of the first S and the last W stream indices, for `retained()` (P4);
 - a fresh cache at position 0, for a stream that starts at position 10**7 or past 2**31 (P5): only distances matter;
