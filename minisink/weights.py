@@ -1,25 +1,30 @@
 """Named float32 arrays from a Hugging Face checkpoint's safetensors files, checked against the config.
 
-What it does: reads `model.safetensors` (or the shards listed in `model.safetensors.index.json`), converts
-F32/F16/BF16 tensors to float32, and checks strictly: every tensor the config implies is present, none is
-unexpected, every shape is right. Errors name the tensor and the file.
+What it does: reads `model.safetensors` (or the shards listed in `model.safetensors.index.json`) with the
+`safetensors` library, converts F32/F16/BF16 tensors to float32, and checks strictly: every tensor the config
+implies is present, none is unexpected, every shape is right, every value is finite. Errors name the tensor and the
+file, and are all `WeightsError`.
 What it does not: quantized formats (GGUF is converted once by minisink/gguf.py), or lazy loading.
 
-The safetensors format is small enough to read directly, which also gives BF16 (NumPy has no bfloat16 type: a
-bfloat16 is the top 16 bits of a float32, so shifting its bits left by 16 gives the float32 exactly):
-
-    [8 bytes: header length N, little-endian u64][N bytes: JSON header][raw tensor bytes]
-    header = {"name": {"dtype": "F32", "shape": [out, in], "data_offsets": [begin, end]}, ...}
+Why the library and not a few lines of our own: the format is simple ([8 bytes: header length N][N bytes: JSON
+header][raw tensor bytes], header = {"name": {"dtype", "shape", "data_offsets": [begin, end]}}), but a careful
+reader must refuse what the library refuses: a header that does not exactly cover the data (stray bytes between
+the header and the data would shift every tensor), overlapping or out-of-order offsets, duplicate names, a byte
+size that does not match dtype x shape. tests/test_weights_fuzz.py feeds both thousands of damaged files.
+The `pread` backend reads each tensor's bytes into its own array (no memory map of the whole file, so loading
+holds the file's bytes once, not twice). NumPy has no bfloat16; the library returns BF16 tensors as
+`ml_dtypes.bfloat16` (the type JAX and TensorFlow use, from the same maintainers), which converts to float32
+exactly. ml_dtypes is imported only when a BF16 tensor is met: importing it takes longer than loading SmolLM2.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from .config import LlamaConfig
 
@@ -28,64 +33,65 @@ class WeightsError(ValueError):
     """The checkpoint files are missing, corrupt, truncated, or do not match the config."""
 
 
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+_DTYPES = ("F32", "F16", "BF16")  # what minisink converts to float32
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of one .safetensors file as float32 arrays. Each tensor's bytes are read from the file straight
-    into its own array: no copy of the whole file is held in memory on the way (half a gigabyte for SmolLM2)."""
+    """All tensors of one .safetensors file as float32 arrays; WeightsError for anything the library refuses, an
+    unsupported dtype, or a non-finite value."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header, start = _read_header(f, path, size)
-            return {name: _read_tensor(f, path, name, info, start, size) for name, info in header.items()}
-    except OSError as e:
-        raise WeightsError(f"cannot read {path}: {e.strerror}") from None
+    tensors = {}
+    # The finite check reads every weight once more. It runs on a second thread while the next tensor is read
+    # (NumPy and BLAS release the GIL), so on an idle second core it costs almost nothing.
+    with ThreadPoolExecutor(max_workers=1) as checker:
+        checks = []
+        try:
+            with safe_open(path, framework="numpy", backend="pread") as f:  # the header is checked here, all of it
+                for name in f.keys():
+                    dtype = f.get_slice(name).get_dtype()
+                    if dtype not in _DTYPES:
+                        raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype}; minisink reads F32, F16 "
+                                           f"and BF16")
+                    if dtype == "BF16":
+                        import ml_dtypes  # noqa: F401  (registers NumPy's bfloat16, which the library returns)
+                    tensors[name] = f.get_tensor(name).astype(np.float32, copy=False)
+                    checks.append(checker.submit(_check_finite, tensors[name], name, path))
+        except SafetensorError as e:
+            raise WeightsError(f"{path} is not a valid safetensors file ({e}): the file is truncated or corrupt; "
+                               f"re-fetch the model") from None
+        except OSError as e:
+            raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
+        for check in checks:
+            check.result()  # re-raises the check's WeightsError
+    return tensors
 
 
-def _read_header(f, path: Path, size: int) -> tuple[dict, int]:
-    """The JSON header of an open .safetensors file and the offset where the tensor bytes start."""
-    if size < 8:
-        raise WeightsError(f"{path} is truncated ({size} bytes): re-fetch the model")
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    if 8 + header_len > size:
-        raise WeightsError(f"{path} is corrupt or truncated (header of {header_len} bytes in a file of "
-                           f"{size}): re-fetch the model")
-    try:
-        header = json.loads(f.read(header_len))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{path} has a corrupt header: not a safetensors file? re-fetch the model")
-    header.pop("__metadata__", None)
-    return header, 8 + header_len
+def _check_finite(w: np.ndarray, name: str, path: Path) -> None:
+    """A WeightsError naming the tensor if `w` holds a NaN or an infinity. A NaN weight does not crash the forward
+    pass: it turns every logit into NaN, and the sampler then emits token 0 forever. A NaN or an infinity anywhere
+    makes the sum of squares non-finite; only then (or if that sum overflows) is every value checked one by one."""
+    flat = w.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)) or np.isfinite(flat).all():
+            return
+    bad = np.flatnonzero(~np.isfinite(flat))
+    raise WeightsError(f"tensor '{name}' in {path} holds {len(bad)} non-finite value(s) (NaN or inf), the first at "
+                       f"flat index {bad[0]}: the checkpoint is damaged; re-fetch the model")
 
 
-def _read_tensor(f, path: Path, name: str, info, start: int, size: int) -> np.ndarray:
-    """One tensor, checked against its header entry {"dtype": str, "shape": [ints >= 0], "data_offsets": [b, e]}
-    (offsets count from `start`), as float32."""
-    try:
-        dtype_name, (begin, end) = info["dtype"], info["data_offsets"]
-        shape = tuple(int(n) for n in info["shape"])
-        well_formed = isinstance(dtype_name, str) and min(shape, default=0) >= 0 and 0 <= begin <= end
-    except (TypeError, KeyError, ValueError):
-        well_formed = False
-    if not well_formed:
-        raise WeightsError(f"{path} has a corrupt header (entry '{name}'): re-fetch the model")
-    dtype = _DTYPES.get(dtype_name)
-    if dtype is None:
-        raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype_name}; minisink reads F32, F16 and BF16")
-    if start + end > size or end - begin != dtype.itemsize * int(np.prod(shape)):
-        raise WeightsError(f"tensor '{name}' in {path} runs past the end of the file or has the wrong "
-                           "byte size: the file is truncated or corrupt; re-fetch the model")
-    raw = np.empty(shape, dtype=dtype)
-    f.seek(start + begin)
-    if raw.nbytes and f.readinto(memoryview(raw).cast("B")) != raw.nbytes:  # the file shrank while we read it
-        raise WeightsError(f"tensor '{name}' in {path} is cut short: the file is truncated; re-fetch the model")
-    if dtype_name == "BF16":  # the top 16 bits of a float32
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32, copy=False)  # F32 as read; F16 converted
+def _shard_path(model_dir: Path, index: Path, shard) -> Path:
+    """The file a shard name from the index names, which must be a plain file name inside `model_dir`: an index
+    is data, and data must not make minisink read files elsewhere (an absolute path, `..`, a symlink out)."""
+    if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", "..") or "\\" in shard:
+        raise WeightsError(f"{index} is corrupt: it names the shard {shard!r}, which is not a file name inside "
+                           f"{model_dir}")
+    path = model_dir / shard
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise WeightsError(f"{index} names the shard {shard!r}, a link to {path.resolve()}, outside {model_dir}: "
+                           f"copy the shard into the model folder")
+    if not path.is_file():
+        raise WeightsError(f"shard {shard} named in {index.name} is missing from {model_dir}: re-fetch the model")
+    return path
 
 
 def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
@@ -96,18 +102,20 @@ def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
         return read_safetensors(single)
     if not index.is_file():
         raise WeightsError(f"no model.safetensors or model.safetensors.index.json in {model_dir}: "
-                           "run python weights_fetch.py, or point at a Hugging Face model folder")
+                           "run `minisink fetch` (or python weights_fetch.py), or point at a Hugging Face model folder")
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        if not isinstance(weight_map, dict):
             raise TypeError
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError):
-        raise WeightsError(f"{index} is corrupt (no 'weight_map'): re-fetch the model") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        raise WeightsError(f"{index} is corrupt (no 'weight_map' object): re-fetch the model") from None
+    shards = {_shard_path(model_dir, index, shard) for shard in weight_map.values()}
     tensors = {}
-    for shard in sorted(set(weight_map.values())):
-        if not (model_dir / shard).is_file():
-            raise WeightsError(f"shard {shard} named in {index.name} is missing from {model_dir}: re-fetch the model")
-        tensors.update(read_safetensors(model_dir / shard))
+    for shard in sorted(shards):
+        for name, w in read_safetensors(shard).items():
+            if name in tensors:
+                raise WeightsError(f"tensor '{name}' is in two shards of {model_dir} (the second: {shard.name})")
+            tensors[name] = w
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
         raise WeightsError(f"{index.name} lists tensors that no shard holds, e.g. '{missing[0]}'")

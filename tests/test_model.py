@@ -336,7 +336,7 @@ def test_corrupt_header(ckpt):
     data = bytearray(path.read_bytes())
     data[8:24] = b"\xff garbage \x00\x01\x02\x03"
     path.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match=r"corrupt header"):
+    with pytest.raises(WeightsError, match=r"not a valid safetensors file.*re-fetch"):
         minisink.load_model(ckpt)
 
 
@@ -345,18 +345,21 @@ def write_header(ckpt, header, body=b"\0" * 64):
     (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + body)
 
 
+BAD_JSON = r"not a valid safetensors file \(.*invalid JSON in header"
+
+
 @pytest.mark.parametrize("header, match", [
-    ([], r"corrupt header: not a safetensors file"),
-    ("text", r"corrupt header: not a safetensors file"),
-    ({"model.norm.weight": 1}, r"corrupt header \(entry 'model.norm.weight'\)"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [48]}}, r"corrupt header \(entry"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0]}}, r"corrupt header \(entry"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": ["x"], "data_offsets": [0, 192]}}, r"corrupt header \(entry"),
-    ({"model.norm.weight": {"dtype": ["F32"], "shape": [48], "data_offsets": [0, 192]}}, r"corrupt header \(entry"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [-4, -12], "data_offsets": [0, 192]}}, r"corrupt header"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [3], "data_offsets": [-12, 0]}}, r"corrupt header"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0, 192]}}, r"runs past the end"),
-    ({"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}, r"wrong byte size"),
+    ([], BAD_JSON),
+    ("text", BAD_JSON),
+    ({"model.norm.weight": 1}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48]}}, BAD_JSON + r".*data_offsets"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0]}}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": "F32", "shape": ["x"], "data_offsets": [0, 192]}}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": ["F32"], "shape": [48], "data_offsets": [0, 192]}}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [-4, -12], "data_offsets": [0, 192]}}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [3], "data_offsets": [-12, 0]}}, BAD_JSON),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [48], "data_offsets": [0, 192]}}, r"not fully covered"),
+    ({"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 12]}}, r"invalid shape, data type"),
 ], ids=["list", "string", "entry-not-object", "no-offsets", "one-offset", "shape-not-int", "dtype-not-str",
         "negative-shape", "negative-offset", "past-the-end", "wrong-byte-size"])
 def test_malformed_header_entries(ckpt, header, match):
@@ -376,7 +379,7 @@ def test_absurd_header_length(ckpt):
     path = ckpt / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(struct.pack("<Q", 2**40) + data[8:])
-    with pytest.raises(WeightsError, match=r"corrupt or truncated"):
+    with pytest.raises(WeightsError, match=r"header too large"):
         minisink.load_model(ckpt)
 
 
