@@ -4,6 +4,9 @@ What it does: turns the checkpoint's `config.json` into a `LlamaConfig` dataclas
 Face's, so a reader can cross-reference any field with transformers' `LlamaConfig`.
 What it does not: guess. A field that would change the computation and that minisink does not implement (another
 architecture, another activation, an unknown RoPE scaling type) is rejected with an error that names the field.
+Types and ranges are strict too, since JSON is typed loosely and Python's bool is an int: `"tie_word_embeddings":
+"false"` is an error (not True), so is `"num_hidden_layers": true` (not 1), `"head_dim": 0` (not the default),
+a string for a number, and `rms_norm_eps` or `rope_theta` <= 0 (which would give NaN logits, not an error).
 
 Both spellings of RoPE settings are read: `rope_theta` + `rope_scaling` (checkpoints saved by transformers 4.x,
 such as SmolLM2 and Llama 3.2 on the hub) and `rope_parameters` (transformers 5.x).
@@ -19,6 +22,14 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """config.json is missing, unreadable, or asks for something minisink does not implement."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -41,12 +52,27 @@ class LlamaConfig:
     eos_token_id: int | list[int] | None = None  # generation stops at (any of) these
 
     def __post_init__(self):
-        positive = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "head_dim"]
-        for name in positive:
+        """Check every field's type and range (JSON has no ints-only or positive-only types, and Python's bool is an
+        int: `"num_hidden_layers": true` must not mean 1, nor `"tie_word_embeddings": "false"` mean True)."""
+        for name in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"]:
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        for name in ["rms_norm_eps", "rope_theta"]:  # a zero or negative value gives NaN logits, not an error
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < math.inf:
+                raise ConfigError(f"config field '{name}' must be a positive number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ["tie_word_embeddings", "attention_bias", "mlp_bias"]:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"config field '{name}' must be true or false, got {getattr(self, name)!r}")
+        for name in ["bos_token_id", "eos_token_id"]:
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(_is_int(i) and i >= 0 for i in ids):
+                raise ConfigError(f"config field '{name}' must be a token id (an integer >= 0)"
+                                  f"{' or a list of them' if name == 'eos_token_id' else ''}, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                               f"num_key_value_heads ({self.num_key_value_heads})")
@@ -56,6 +82,9 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "LlamaConfig":
         """Build from a parsed config.json, rejecting what minisink does not implement."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config.json must be a JSON object of config fields, got a {type(raw).__name__}")
+
         def reject_unless(ok: bool, field: str, why: str):
             if not ok:
                 raise ConfigError(f"unsupported config field '{field}' = {raw.get(field)!r}: {why}")
@@ -70,8 +99,11 @@ class LlamaConfig:
                       "minisink rotates halves, as Hugging Face Llama checkpoints expect")
 
         # RoPE: transformers 5.x writes rope_parameters, 4.x wrote rope_theta + rope_scaling.
+        for field in ["rope_parameters", "rope_scaling"]:
+            if raw.get(field) is not None and not isinstance(raw[field], dict):
+                raise ConfigError(f"config field '{field}' must be an object (or null), got {raw[field]!r}")
         rope = dict(raw.get("rope_parameters") or {})
-        rope_theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+        rope_theta = rope.pop("rope_theta", raw.get("rope_theta", 10000.0))
         scaling = raw.get("rope_scaling") or rope
         rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
         if rope_type == "default":
@@ -81,6 +113,13 @@ class LlamaConfig:
             missing = [k for k in needed if k not in scaling]
             if missing:
                 raise ConfigError(f"config field 'rope_scaling' of type llama3 lacks {missing}")
+            bad = [k for k in needed if not _is_number(scaling[k]) or not 0 < scaling[k] < math.inf]
+            if bad:
+                raise ConfigError(f"config field 'rope_scaling' of type llama3: '{bad[0]}' must be a positive "
+                                  f"number, got {scaling[bad[0]]!r}")
+            if scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+                raise ConfigError("config field 'rope_scaling' of type llama3: low_freq_factor must differ from "
+                                  "high_freq_factor (RoPE interpolates between them)")
             rope_scaling = {"rope_type": "llama3", **{k: scaling[k] for k in needed}}
         else:
             field = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
@@ -90,22 +129,27 @@ class LlamaConfig:
         for field in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]:
             if field not in raw:
                 raise ConfigError(f"config.json lacks the required field '{field}'")
-        heads = raw["num_attention_heads"]
+        heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
+
+        def optional(field, default):  # absent and null both mean "the default"; 0 or false do not
+            return default if raw.get(field) is None else raw[field]
+
+        default_head_dim = hidden // heads if _is_int(hidden) and _is_int(heads) and heads > 0 else None
         return cls(
             vocab_size=raw["vocab_size"],
-            hidden_size=raw["hidden_size"],
+            hidden_size=hidden,
             intermediate_size=raw["intermediate_size"],
             num_hidden_layers=raw["num_hidden_layers"],
             num_attention_heads=heads,
-            num_key_value_heads=raw.get("num_key_value_heads") or heads,
-            head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+            num_key_value_heads=optional("num_key_value_heads", heads),
+            head_dim=optional("head_dim", default_head_dim),
+            rms_norm_eps=optional("rms_norm_eps", 1e-5),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
-            max_position_embeddings=raw.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            attention_bias=bool(raw.get("attention_bias", False)),
-            mlp_bias=bool(raw.get("mlp_bias", False)),
+            max_position_embeddings=optional("max_position_embeddings", 2048),
+            tie_word_embeddings=optional("tie_word_embeddings", False),
+            attention_bias=optional("attention_bias", False),
+            mlp_bias=optional("mlp_bias", False),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
         )
@@ -117,11 +161,13 @@ class LlamaConfig:
             path = path / "config.json"
         if not path.is_file():
             raise ConfigError(f"no config.json at {path}: point at a Hugging Face model folder "
-                              "(python weights_fetch.py writes one)")
+                              "(`minisink fetch`, or python weights_fetch.py, writes one)")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); re-fetch the model") from None
+        except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: nested too deep
+            raise ConfigError(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-fetch the model") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} is not a JSON object of config fields; re-fetch the model")
         return cls.from_dict(raw)

@@ -25,12 +25,18 @@ class TokenizerError(Exception):
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from `path` ({} if there is no such file); TokenizerError for anything else."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TokenizerError(f"{path} is not valid JSON ({e})") from e
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: nested too deep
+        raise TokenizerError(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-fetch the model") from None
+    except OSError as e:
+        raise TokenizerError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(obj, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, not {json.dumps(obj)[:40]}; re-fetch the model")
+    return obj
 
 
 def load_tokenizer(path) -> Tokenizer:
@@ -63,12 +69,18 @@ class Tokenizer:
         """An id from tokenizer_config.json's token string, else config.json's id, else the first known string."""
         if isinstance(token, dict):  # {"content": "<|im_end|>", ...} in some tokenizer_config.json files
             token = token.get("content")
+        if token is not None and not isinstance(token, str):
+            raise TokenizerError(f"a special token in tokenizer_config.json must be a string, got {token!r}")
         if token is not None and self.tok.token_to_id(token) is not None:
             return self.tok.token_to_id(token)
         if isinstance(config_id, list):  # several stop ids: the first is the canonical one
             config_id = config_id[0] if config_id else None
         if config_id is not None:
-            return int(config_id)
+            if not (isinstance(config_id, int) and not isinstance(config_id, bool) and
+                    0 <= config_id < self.vocab_size):
+                raise TokenizerError(f"a special token id in config.json must be an integer in "
+                                     f"0..{self.vocab_size - 1}, got {config_id!r}")
+            return config_id
         return next((self.tok.token_to_id(t) for t in fallbacks if self.tok.token_to_id(t) is not None), None)
 
     def encode(self, text: str) -> list[int]:
