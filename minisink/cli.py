@@ -210,9 +210,15 @@ def cmd_assignment(args):
 
 def cmd_fetch(args):
     from .corpus import fetch_kjv
-    from .fetch import fetch
+    from .fetch import default_model_dir, fetch, verify
 
     progress = not args.quiet
+    if args.verify:
+        if args.corpus or args.force:
+            raise SystemExit("error: --verify checks a model folder and fetches nothing: drop --corpus / --force")
+        dest = args.dest or default_model_dir()
+        print(f"{dest}: all {verify(dest)} files match the sizes and sha256 in its manifest")
+        return
     if args.corpus == "kjv":
         path = fetch_kjv(args.dest, force=args.force, progress=progress)
     else:
@@ -237,6 +243,9 @@ def add_fetch_parser(sub):
     p.add_argument("--force", action="store_true", help="fetch again even if the destination is complete")
     p.add_argument("--corpus", choices=("kjv",), help="fetch a long text instead of a model")
     p.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
+    p.add_argument("--verify", action="store_true",
+                   help="only check the folder against its manifest (sizes and sha256), fetch nothing; exit 2 if it "
+                        "differs (every fetch also checks, and fetches a damaged folder again)")
     p.set_defaults(func=cmd_fetch)
 
 

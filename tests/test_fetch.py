@@ -2,7 +2,9 @@
 llama.cpp's own writer, wheels from a local pip index, and the clear errors. Real (marked): the shipped model."""
 
 import errno
+import hashlib
 import http.server
+import time
 import json
 import os
 import socket
@@ -48,7 +50,7 @@ def tiny_checkpoint(sharded: bool = False) -> dict[str, bytes]:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     files = {"config.json": json.dumps(config).encode(), "tokenizer.json": tok.to_str().encode(),
              "tokenizer_config.json": b'{"eos_token": "<unk>"}'}
-    tensors = {f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal((16, 8), dtype=np.float32)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal((64, 32), dtype=np.float32)
                for i in range(2)}
     if not sharded:
         files["model.safetensors"] = save(tensors)
@@ -63,27 +65,47 @@ def tiny_checkpoint(sharded: bool = False) -> dict[str, bytes]:
 
 
 class Hub:
-    """Serves `files` at /{repo}/resolve/{revision}/{name}; records each request path and its headers."""
+    """A tiny Hugging Face hub: serves `files` of REPO at /{repo}/resolve/{revision}/{name}, to HEAD (metadata) and GET
+    (the bytes), with the headers and error codes the real hub sends; records each request and its headers."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.requests, self.headers, self.truncate = dict(files), [], [], set()
+        self.revisions = {"main": "a" * 40}  # revision -> commit hash
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                self.serve(send_body=False)
+
             def do_GET(self):
-                hub.requests.append(self.path)
+                self.serve(send_body=True)
+
+            def serve(self, send_body):
+                hub.requests.append(f"{self.command} {self.path}")
                 hub.headers.append(dict(self.headers))
-                name = self.path.split(f"/{REPO}/resolve/main/", 1)[-1]
+                repo, _, rest = self.path.lstrip("/").partition("/resolve/")
+                revision, _, name = rest.partition("/")
+                if repo != REPO:
+                    return self.fail(404, "RepoNotFound")
+                if revision not in hub.revisions:
+                    return self.fail(404, "RevisionNotFound")
                 if name not in hub.files:
-                    self.send_error(404)
-                    return
+                    return self.fail(404, "EntryNotFound")
                 body = hub.files[name]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+                self.send_header("X-Repo-Commit", hub.revisions[revision])
                 self.end_headers()
-                # a truncated file: announce the full length, send half, hang up
-                self.wfile.write(body[: len(body) // 2] if name in hub.truncate else body)
+                if send_body:  # a truncated file: announce the full length, send half, hang up
+                    self.wfile.write(body[: len(body) // 2] if name in hub.truncate else body)
                 self.close_connection = True
+
+            def fail(self, status, code):
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -119,6 +141,11 @@ def test_hf_files_arrive_intact_and_second_fetch_is_a_no_op(hub, tmp_path):
     manifest = wf.read_manifest(dest)
     assert manifest["source"] == {"source": "hf", "repo": REPO, "revision": "main"}
     assert set(manifest["files"]) == set(hub.files)
+    assert not (dest / ".cache").exists()  # huggingface_hub's bookkeeping is not part of the model folder
+    # huggingface_hub asks the hub's own URLs: metadata (HEAD) then bytes (GET); generation_config.json is optional
+    get = lambda name: [f"HEAD /{REPO}/resolve/main/{name}", f"GET /{REPO}/resolve/main/{name}"]  # noqa: E731
+    assert [r for r in hub.requests if "/resolve/" in r] == [*get("config.json"), *get("tokenizer.json"), *get("tokenizer_config.json"),
+                            f"HEAD /{REPO}/resolve/main/generation_config.json", *get("model.safetensors")]
     n = len(hub.requests)
     assert fetch_hf(tmp_path / "m") == dest
     assert len(hub.requests) == n  # nothing downloaded again
@@ -145,7 +172,8 @@ def test_hf_sharded_checkpoint(monkeypatch, tmp_path):
 def test_hf_token_is_sent_as_bearer(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     fetch_hf(tmp_path / "m")
-    assert all(h.get("Authorization") == "Bearer hf_secret" for h in hub.headers)
+    sent = [{k.lower(): v for k, v in h.items()} for r, h in zip(hub.requests, hub.headers) if "/resolve/" in r]
+    assert sent and all(h.get("authorization") == "Bearer hf_secret" for h in sent)
 
 
 def test_404_on_a_required_file_names_the_url(hub, tmp_path):
@@ -155,9 +183,13 @@ def test_404_on_a_required_file_names_the_url(hub, tmp_path):
     assert not (tmp_path / "m").exists() and leftovers(tmp_path / "m") == []
 
 
-def test_unreachable_endpoint(tmp_path, monkeypatch):
-    import socket
+@pytest.fixture
+def no_retry_waits(monkeypatch):
+    """huggingface_hub retries a failing connection with waits of 1, 2, 4, 8, 8 s: skip the waits."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
 
+
+def test_unreachable_endpoint(tmp_path, monkeypatch, no_retry_waits):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -166,9 +198,9 @@ def test_unreachable_endpoint(tmp_path, monkeypatch):
         fetch_hf(tmp_path / "m")
 
 
-def test_truncated_download_leaves_nothing_trusted_and_the_next_fetch_succeeds(hub, tmp_path):
+def test_truncated_download_leaves_nothing_trusted_and_the_next_fetch_succeeds(hub, tmp_path, no_retry_waits):
     hub.truncate.add("model.safetensors")
-    with pytest.raises(FetchError, match="cut short"):
+    with pytest.raises(FetchError, match="download of .*model.safetensors failed .*received .* bytes, expected"):
         fetch_hf(tmp_path / "m")
     assert not (tmp_path / "m").exists() and leftovers(tmp_path / "m") == []
     hub.truncate.clear()
@@ -180,18 +212,18 @@ def test_interrupt_midway_replaces_nothing(hub, tmp_path, monkeypatch):
     dest = fetch_hf(tmp_path / "m")
     (dest / "config.json").write_text("{}")  # damage it: no longer complete
     assert not wf.is_complete(dest)
-    real = wf._download
+    real = wf._hub_download
 
-    def interrupted(url, path, *args, **kw):
-        if path.name == "model.safetensors":
+    def interrupted(repo, revision, name, *args, **kw):
+        if name == "model.safetensors":
             raise KeyboardInterrupt
-        return real(url, path, *args, **kw)
+        return real(repo, revision, name, *args, **kw)
 
-    monkeypatch.setattr(wf, "_download", interrupted)
+    monkeypatch.setattr(wf, "_hub_download", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch_hf(dest)
     assert (dest / "config.json").read_text() == "{}" and leftovers(dest) == []  # old dir untouched, tmp removed
-    monkeypatch.setattr(wf, "_download", real)
+    monkeypatch.setattr(wf, "_hub_download", real)
     fetch_hf(dest)  # an incomplete directory is rebuilt
     assert wf.is_complete(dest) and (dest / "config.json").read_bytes() == hub.files["config.json"]
 
@@ -216,10 +248,10 @@ def test_folders_of_a_killed_fetch_are_removed_by_the_next_one(hub, tmp_path, ca
 
 
 def test_disk_full_gives_a_clear_error(hub, tmp_path, monkeypatch):
-    def full(url, path, *args, **kw):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(repo, revision, name, out_dir, *args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / name))
 
-    monkeypatch.setattr(wf, "_download", full)
+    monkeypatch.setattr(wf, "_hub_download", full)
     with pytest.raises(FetchError, match="disk full .*MINISINK_HOME"):
         fetch_hf(tmp_path / "m")
     assert leftovers(tmp_path / "m") == []
@@ -234,10 +266,91 @@ def test_refuses_to_replace_a_directory_it_did_not_make(hub, tmp_path):
     assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("repo, revision, message", [
+    ("acme/nothing", "main", r"no repo acme/nothing at .*check --repo"),
+    (REPO, "v9", r"has no revision 'v9'.*check --revision"),
+])
+def test_unknown_repo_or_revision(hub, tmp_path, repo, revision, message):
+    with pytest.raises(FetchError, match=message):
+        wf.fetch(tmp_path / "m", source="hf", repo=repo, revision=revision, progress=False)
+
+
+def test_a_pinned_revision_is_requested_and_recorded(hub, tmp_path):
+    hub.revisions["v1.0"] = "b" * 40
+    dest = wf.fetch(tmp_path / "m", source="hf", repo=REPO, revision="v1.0", progress=False)
+    assert all("/resolve/v1.0/" in r for r in hub.requests if "/resolve/" in r)
+    assert wf.read_manifest(dest)["source"]["revision"] == "v1.0"
+
+
 def test_a_directory_from_another_source_needs_force(hub, tmp_path):
     dest = fetch_hf(tmp_path / "m")
     with pytest.raises(FetchError, match="--force"):
         wf.fetch(dest, source="hf", repo=REPO, revision="v2", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a fetched folder is checked against its manifest, sha256 included, on every fetch
+
+
+def zero_4kb(path: Path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+
+def same_length_edit(path: Path):
+    path.write_text(path.read_text().replace("8", "9"))  # hidden_size 8 -> 9: a different model, the same size
+
+
+@pytest.mark.parametrize("damage, name", [(zero_4kb, "model.safetensors"), (same_length_edit, "config.json")])
+def test_damage_of_the_same_size_is_caught_and_fetched_again(hub, tmp_path, capsys, damage, name):
+    dest = fetch_hf(tmp_path / "m")
+    size = (dest / name).stat().st_size
+    damage(dest / name)
+    assert (dest / name).stat().st_size == size and (dest / name).read_bytes() != hub.files[name]
+    with pytest.raises(FetchError, match=rf"does not match its manifest: {name} does not match its sha256"):
+        wf.verify(dest)
+    assert cli_main(["fetch", "--verify", "--dest", str(dest)]) != 0
+    assert f"{name} does not match its sha256" in capsys.readouterr().err
+    fetch_hf(dest)
+    assert f"is damaged ({name} does not match its sha256 in the manifest): fetching it again" in \
+        capsys.readouterr().err
+    assert (dest / name).read_bytes() == hub.files[name] and wf.verify(dest) == len(hub.files)
+    assert cli_main(["fetch", "--verify", "--dest", str(dest)]) == 0
+    assert "match the sizes and sha256" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("manifest", ["{not json", "[]", '{"source": {}, "files": []}',
+                                      '{"source": {}, "files": {"config.json": {"size": "10", "sha256": "x"}}}',
+                                      '{"source": {}, "files": {"../x": {"size": 1, "sha256": "x"}}}'])
+def test_a_malformed_manifest_is_a_clear_error_and_is_fetched_again(hub, tmp_path, capsys, manifest):
+    dest = fetch_hf(tmp_path / "m")
+    (dest / wf.MANIFEST).write_text(manifest)
+    with pytest.raises(FetchError, match=rf"{wf.MANIFEST} is (unreadable|malformed)"):
+        wf.verify(dest)
+    assert not wf.is_complete(dest)
+    fetch_hf(dest)
+    assert "is damaged" in capsys.readouterr().err and wf.verify(dest) == len(hub.files)
+
+
+def test_verify_a_folder_without_manifest(tmp_path):
+    with pytest.raises(FetchError, match="has no minisink_manifest.json: it was not fetched by minisink"):
+        wf.verify(tmp_path)
+
+
+def test_a_read_only_home_is_a_clear_error(hub, tmp_path, monkeypatch, capsys):
+    """As root, permissions do not stop a write; /sys refuses any new folder (EPERM), even to root."""
+    if os.geteuid() == 0:
+        home = Path("/sys/minisink-test-home")
+    else:
+        home = tmp_path / "ro"
+        home.mkdir(mode=0o555)
+    monkeypatch.setenv("MINISINK_HOME", str(home))
+    with pytest.raises(FetchError, match=rf"cannot write under {home} .*MINISINK_HOME .*folder you can write to"):
+        wf.fetch(source="hf", repo=REPO, progress=False)
+    assert cli_main(["fetch", "--source", "hf", "--repo", REPO, "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "cannot write under" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("main", [weights_fetch.main, lambda argv: cli_main(["fetch", *argv])],
