@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,27 @@ def make_cache(model, args, default_sinks=None, default_window=None):
 def make_sampler(args):
     from .generate import Sampler
 
+    if args.temperature == 0:  # greedy: a seed, top-k or top-p would be silently ignored
+        given = [f"--{n.replace('_', '-')}" for n in ("seed", "top_k", "top_p") if getattr(args, n) is not None]
+        if given:
+            raise SystemExit(f"error: {' and '.join(given)} only apply when sampling: add --temperature T (T > 0), "
+                             f"or drop {' and '.join(given)} for greedy decoding")
     return Sampler(args.temperature, args.top_k, args.top_p, args.seed)
+
+
+def read_text_file(path) -> str:
+    """The UTF-8 text of `path`, or an error that says what is wrong with the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SystemExit(f"error: no file {path}")
+    except IsADirectoryError:
+        raise SystemExit(f"error: {path} is a directory, not a text file")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}): "
+                         f"give a plain text file")
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path}: {e.strerror or e}")
 
 
 class Progress:
@@ -82,6 +103,7 @@ class Progress:
 def cmd_generate(args):
     from .generate import generate
 
+    sampler = make_sampler(args)
     model, tok = load(args)
     cache = make_cache(model, args)
     prompt = tok.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
@@ -91,7 +113,7 @@ def cmd_generate(args):
     stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
-    for token in generate(model, ids, cache, args.max_new_tokens, make_sampler(args), stop):
+    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop):
         if token in stop:
             break
         sys.stdout.write(decoder.step(token))
@@ -104,9 +126,13 @@ def cmd_generate(args):
 def cmd_chat(args):
     from .generate import Chat
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise SystemExit("error: chat reads the conversation from stdin, which is closed: run it in a terminal, "
+                         "or pipe the turns in, one per line")
+    sampler = make_sampler(args)
     model, tok = load(args)
     cache = make_cache(model, args, default_sinks=4, default_window=1020)
-    chat = Chat(model, tok, cache, make_sampler(args), system=args.system)
+    chat = Chat(model, tok, cache, sampler, system=args.system)
     interactive = sys.stdin.isatty()
     if interactive:
         print("minisink chat: an empty line or Ctrl-D quits.", file=sys.stderr)
@@ -136,25 +162,26 @@ def cmd_bench(args):
 
 
 def cmd_ppl(args):
-    from .evaluate import load_text_ids, run_ppl, save_run
+    from .evaluate import check_out, load_text_ids, run_ppl, save_run
 
     if (args.text is None) == (args.corpus is None):
         raise SystemExit("error: give the text to score: --text FILE or --corpus kjv")
     if args.text is not None:
-        try:
-            text, source = Path(args.text).read_text(encoding="utf-8"), args.text
-        except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: cannot read {args.text}: {e}")
+        text, source = read_text_file(args.text), args.text
     else:
         from .corpus import fetch_kjv
 
         path = fetch_kjv(progress=sys.stderr.isatty())
-        text, source = path.read_text(encoding="utf-8"), f"kjv ({path})"
+        text, source = read_text_file(path), f"kjv ({path})"
+    if not text.strip():
+        raise SystemExit(f"error: {source} holds no text (only whitespace): nothing to score")
     model, tok = load(args)
     try:
         ids = load_text_ids(tok, text, args.tokens)
         if len(ids) < 2:
             raise ValueError(f"{source} holds {len(ids)} token(s): at least 2 are needed")
+        if args.out:  # fail now, not after a run of hours
+            check_out(args.out, len(ids))
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         run = run_ppl(model, ids, args.mode, args.sinks, args.window, not args.no_renumber, args.chunk,
@@ -164,14 +191,18 @@ def cmd_ppl(args):
     print(f"{source}: {run.tokens} tokens")
     print(run.summary())
     if args.out:
-        print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
+        try:
+            print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
+        except OSError as e:
+            raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}); the summary above is all that "
+                             f"is left of this run")
 
 
 def cmd_attn(args):
     from . import attention_maps as am
 
+    text = read_text_file(args.text) if args.text else (args.prompt or am.DEFAULT_PROMPT)
     model, tok = load(args)
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else (args.prompt or am.DEFAULT_PROMPT)
     ids = tok.encode(text)
     try:
         probs = am.capture(model, ids)
@@ -188,6 +219,8 @@ def cmd_attn(args):
             heat = am.plot_sink_mass(mass, Path(args.plot) / "sink_mass.png", uniform)
         except ImportError as e:
             raise SystemExit(f"error: {e}")
+        except OSError as e:
+            raise SystemExit(f"error: cannot write the plots into {args.plot} ({e.strerror or e})")
         print(f"wrote {maps} and {heat}")
 
 
@@ -249,18 +282,64 @@ def add_fetch_parser(sub):
     p.set_defaults(func=cmd_fetch)
 
 
+# Argument types: every value is checked where argparse reads it, so each subcommand gets the same checks and a
+# bad value ends in argparse's one-line "minisink CMD: error: argument --x: ..." instead of deep in NumPy.
+
+
+def int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__, parse.minimum = f"integer >= {minimum}", minimum
+    return parse
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+MIN_TEMPERATURE = 1e-3  # below it sampling is the argmax anyway, and logits / T overflows for subnormal T
+
+
+def temperature(text: str) -> float:
+    value = finite_float(text)
+    if value != 0 and not value >= MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or >= {MIN_TEMPERATURE} (sampling), got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
     p.add_argument("--model", help="a Hugging Face model folder (default: the one `minisink fetch` writes)")
-    p.add_argument("--sinks", type=int, help=sinks_help)
-    p.add_argument("--window", type=int, help="recent tokens kept in the cache (with --sinks 0: window attention)")
+    p.add_argument("--sinks", type=int_at_least(0), help=sinks_help)
+    p.add_argument("--window", type=int_at_least(1),
+                   help="recent tokens kept in the cache (with --sinks 0: window attention)")
 
 
 def add_sampling_options(p, max_new_tokens=256):
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=max_new_tokens)
+    p.add_argument("--temperature", type=temperature, default=0.0, help="0 (the default) is greedy")
+    p.add_argument("--top-k", type=int_at_least(1), help="sample among the k most likely tokens (needs --temperature)")
+    p.add_argument("--top-p", type=probability, help="nucleus sampling (needs --temperature)")
+    p.add_argument("--seed", type=int_at_least(0), help="seed for sampling (needs --temperature)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress line on stderr (default: when stderr is a terminal)")
 
@@ -292,15 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ppl", help="stream a long text through a cache policy, record every token's NLL")
     p.add_argument("--text", help="a plain UTF-8 text file to score")
     p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
-    p.add_argument("--tokens", type=int, help="score the first N tokens (default: the whole text)")
+    p.add_argument("--tokens", type=int_at_least(2), help="score the first N tokens (default: the whole text)")
     p.add_argument("--mode", choices=["dense", "window", "recompute", "sink"], default="sink",
                    help="dense: full cache; window: the last W tokens; recompute: sliding window with "
                         "re-computation, O(W^2) per token; sink: S sinks + W recent (default)")
-    p.add_argument("--sinks", type=int, help="sink tokens (sink: default 4; recompute: default 0)")
-    p.add_argument("--window", type=int, help="recent tokens kept (default: 1024 minus the sinks)")
+    p.add_argument("--sinks", type=int_at_least(0), help="sink tokens (sink: default 4; recompute: default 0)")
+    p.add_argument("--window", type=int_at_least(1), help="recent tokens kept (default: 1024 minus the sinks)")
     p.add_argument("--no-renumber", action="store_true",
                    help="ablation: keep positions in the text instead of positions within the cache")
-    p.add_argument("--chunk", type=int, default=PREFILL_CHUNK,
+    p.add_argument("--chunk", type=int_at_least(1), default=PREFILL_CHUNK,
                    help=f"tokens per forward of the evaluator (default {PREFILL_CHUNK}; 1 = token by token; "
                         "any chunk gives the same NLLs)")
     p.add_argument("--out", help="write the per-token NLL and the settings: .npz (default) or .csv")
@@ -313,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")
     p.add_argument("--text", help="read the prompt from this file instead")
     p.add_argument("--heads", action="store_true", help="print every head, not a summary per layer")
-    p.add_argument("--first-query", type=int, default=4,
+    p.add_argument("--first-query", type=int_at_least(0), default=4,
                    help="average over queries from this index on (the first ones can only look back at token 0)")
     p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib)")
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
@@ -334,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command; errors end in one line `minisink: error: ...` on stderr, never in a traceback.
+
+    Exit status: 0 done; 1 a command's own check failed (a `SystemExit("error: ...")`, raised again with the
+    "minisink: " prefix, so in-process callers can catch it); 2 bad arguments (argparse) or an input minisink
+    refuses (a config, weights, tokenizer, cache or fetch error); 130 interrupted."""
     args = build_parser().parse_args(argv)
     from . import CacheError, ConfigError, InputError, WeightsError
     from .fetch import FetchError
@@ -343,8 +427,15 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError, FetchError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"minisink: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            raise SystemExit(f"minisink: {e.code if e.code.startswith('error: ') else 'error: ' + e.code}") from None
+        raise
+    except MemoryError:
+        print("minisink: error: out of memory: use a smaller --window, --tokens or --chunk", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

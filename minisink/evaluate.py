@@ -20,6 +20,7 @@ What it does not: batch several texts, or evaluate the recompute baseline fast (
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -238,6 +239,30 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     bar = tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, dynamic_ncols=True)
     bar.update_to = lambda n: bar.update(n - bar.n)
     return bar
+
+
+def check_out(path, n_tokens: int) -> None:
+    """Raise ValueError now if `save_run` could not write a run of `n_tokens` to `path` later: a directory at the
+    path, a file where a folder should be, a folder we may not write into, or a disk without room for it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory: give a file name ending in .npz or .csv")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {path}: a file is in the way of the folder {path.parent}") from None
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot make the folder {path.parent} ({e.strerror})") from None
+    probe = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the temporary name save_run writes first
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot write into {path.parent} ({e.strerror})") from None
+    need = 24 * n_tokens + 4096  # a .csv line per token is at most ~20 bytes; the .npz 8 bytes per token
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise ValueError(f"--out {path}: {free} bytes free on that disk, the run needs about {need}")
 
 
 def save_run(run: PplRun, path, source: str = "", model: str = "") -> Path:

@@ -278,10 +278,10 @@ def fetch_wheel(name: str, version: str, sha256: str, dest_dir, *, progress: boo
         proc = subprocess.run(cmd, stdout=_stderr_fd() if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
         if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            tail = " / ".join(line.strip() for line in proc.stderr.strip().splitlines()[-3:])
             raise FetchError(
-                f"`pip download {name}=={version}` failed with exit status {proc.returncode}:\n{tail}\n"
-                f"Check that PyPI is reachable (pip's index settings, proxy) and run again.")
+                f"`pip download {name}=={version}` failed with exit status {proc.returncode} ({tail}): "
+                f"check that PyPI is reachable (pip's index settings, proxy) and run again")
         wheels = list(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise FetchError(f"pip downloaded {[p.name for p in Path(tmp).iterdir()]} for {name}=={version}, "

@@ -364,6 +364,17 @@ def test_main_prints_the_path_and_errors_without_traceback(hub, tmp_path, capsys
     assert "error: HTTP 404" in err and "Traceback" not in err
 
 
+def test_a_second_run_says_nothing_to_fetch_and_not_wrote(hub, tmp_path, capsys):
+    argv = ["--source", "hf", "--repo", REPO, "--dest", str(tmp_path / "m")]
+    assert weights_fetch.main(argv) == 0
+    first = capsys.readouterr()
+    assert f"wrote {tmp_path / 'm'}" in first.err and first.out.strip() == str(tmp_path / "m")
+    assert weights_fetch.main(argv) == 0
+    second = capsys.readouterr()
+    assert "nothing to fetch" in second.err and "wrote" not in second.err
+    assert second.out.strip() == str(tmp_path / "m")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # wheels, from a local "index" (pip's --no-index --find-links, set through pip's environment variables)
 
