@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """config.json is missing, unreadable, or asks for something minisink does not implement."""
 
 
+def read_json_object(path: Path, error: type[Exception] = ConfigError) -> dict:
+    """The JSON object in the file `path`; `error`, naming the file, if it is unreadable, not JSON, nested too deeply
+    for Python's parser, or JSON but not an object."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: nested too deep
+        raise error(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-fetch the model") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path} is not a JSON object: it holds {json.dumps(obj)[:40]}; re-fetch the model")
+    return obj
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -162,15 +176,7 @@ class LlamaConfig:
         if not path.is_file():
             raise ConfigError(f"no config.json at {path}: point at a Hugging Face model folder "
                               "(`minisink fetch`, or python weights_fetch.py, writes one)")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: nested too deep
-            raise ConfigError(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-fetch the model") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} is not a JSON object of config fields; re-fetch the model")
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json_object(path, ConfigError))
 
     def inv_freq(self):
         """RoPE inverse frequencies, float64 [D/2]; with llama3 scaling, the low frequencies are stretched.

@@ -10,10 +10,11 @@ Does not: batch, pad, truncate, or render chat templates other than ChatML.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tokenizers
+
+from .config import read_json_object
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -26,17 +27,7 @@ class TokenizerError(Exception):
 
 def _read_json(path: Path) -> dict:
     """A JSON object from `path` ({} if there is no such file); TokenizerError for anything else."""
-    if not path.is_file():
-        return {}
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: nested too deep
-        raise TokenizerError(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-fetch the model") from None
-    except OSError as e:
-        raise TokenizerError(f"cannot read {path}: {e.strerror or e}") from None
-    if not isinstance(obj, dict):
-        raise TokenizerError(f"{path} must hold a JSON object, not {json.dumps(obj)[:40]}; re-fetch the model")
-    return obj
+    return read_json_object(path, TokenizerError) if path.is_file() else {}
 
 
 def load_tokenizer(path) -> Tokenizer:

@@ -81,12 +81,12 @@ def test_tie_word_embeddings_string_does_not_drop_the_lm_head(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("file, text, message", [
-    ("tokenizer_config.json", "[1, 2, 3]", r"tokenizer_config.json must hold a JSON object, not \[1, 2, 3\]"),
+    ("tokenizer_config.json", "[1, 2, 3]", r"tokenizer_config.json is not a JSON object: it holds \[1, 2, 3\]"),
     ("tokenizer_config.json", NESTED, r"tokenizer_config.json is not valid JSON \(RecursionError"),
     ("tokenizer_config.json", '{"eos_token": 5}', r"special token .* must be a string, got 5"),
     ("config.json", '{"eos_token_id": "2"}', r"special token id .* must be an integer .*got '2'"),
     ("config.json", '{"eos_token_id": [100000]}', r"special token id .* must be an integer in 0\.\.\d+, got 100000"),
-    ("config.json", "7", r"config.json must hold a JSON object, not 7"),
+    ("config.json", "7", r"config.json is not a JSON object: it holds 7"),
 ])
 def test_tokenizer_json_files_with_wrong_types(tmp_path, file, text, message):
     path = tiny_tokenizer_dir(tmp_path / "tok")
