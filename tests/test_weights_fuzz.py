@@ -63,7 +63,8 @@ def mutated(draw) -> tuple[str, bytes]:
     names = [k for k in header if k != "__metadata__"]
     name = draw(st.sampled_from(names))
     kind = draw(st.sampled_from(["flip", "truncate", "stray", "pad", "offset", "shape", "dtype", "drop-field",
-                                 "duplicate", "overlap", "huge", "many", "header-length", "raw-header", "extend", "nan"]))
+                                 "duplicate", "overlap", "huge", "many", "header-length", "raw-header", "extend",
+                                 "nan"]))
     if kind == "flip":  # a few bytes anywhere, header included
         out = bytearray(data)
         for _ in range(draw(st.integers(1, 4))):
