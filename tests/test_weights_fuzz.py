@@ -154,7 +154,8 @@ def test_minisink_refuses_what_the_library_refuses(case, tmp_path_factory):
             and np.array_equal(ours[k], theirs[k].astype(np.float32)) for k in theirs)
         outcome = "accepted by both, equal tensors" if same else "other: accepted by both, tensors differ"
     elif "non-finite" in error:
-        assert any(not np.isfinite(t.astype(np.float64)).all() for t in theirs.values()), error
+        with np.errstate(invalid="ignore"):  # NumPy warns when it casts a NaN bfloat16
+            assert any(not np.isfinite(t.astype(np.float64)).all() for t in theirs.values()), error
         outcome = "accepted by the library, refused by minisink: NaN/inf"
     elif "minisink reads F32, F16 and BF16" in error:
         assert any(str(t.dtype) not in ("float32", "float16", "bfloat16") for t in theirs.values()), error
