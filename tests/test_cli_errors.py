@@ -120,7 +120,7 @@ def test_a_disk_that_fills_during_the_run_is_a_clear_error(files, capsys, monkey
     (["--max-new-tokens", "-1"], r"--max-new-tokens: must be an integer >= 1, got -1"),
     (["--top-p", "0"], r"--top-p: must be in \(0, 1\], got 0"),
     (["--window", "0"], r"--window: must be an integer >= 1, got 0"),
-    (["--seed", "3"], r"--seed only apply when sampling: add --temperature T"),
+    (["--seed", "3"], r"--seed only applies when sampling: add --temperature T"),
     (["--top-k", "3", "--seed", "1"], r"--seed and --top-k only apply when sampling"),
 ])
 @pytest.mark.parametrize("command", ["generate", "chat"])
