@@ -159,12 +159,11 @@ def test_a_good_run_still_works(files, capsys, tmp_path):
     assert code == 0 and (tmp_path / "deep" / "run.csv").is_file()
 
 
-def subprocess_run(*argv, close_stdin=False, env=None):
-    return subprocess.run([sys.executable, "-m", "minisink.cli", *map(str, argv)], capture_output=not close_stdin,
-                          stdout=subprocess.PIPE if close_stdin else None,
-                          stderr=subprocess.PIPE if close_stdin else None, text=True, cwd=ROOT,
-                          preexec_fn=(lambda: os.close(0)) if close_stdin else None,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=120)
+def subprocess_run(*argv, close_stdin=False):
+    """`python -m minisink.cli ARGV` in a child process (with its stdin closed: file descriptor 0 not open)."""
+    return subprocess.run([sys.executable, "-m", "minisink.cli", *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+                          preexec_fn=(lambda: os.close(0)) if close_stdin else None)
 
 
 def test_in_a_real_process(files):
