@@ -39,7 +39,7 @@ def test_skeleton_fails_and_names_the_functions(number, tmp_path):
     first = {file: qualnames[0] for file, qualnames in assignments.get(number).todo.items()}
     for q in first.values():
         assert f"not implemented yet: {q}" in report, report
-    assert len(written) == len(first) + 1
+    assert len(written) == len(first) + 1 and {what for _, what in written} == {'wrote'}
 
 
 def mutate(number, folder, file, old, new):
@@ -55,10 +55,10 @@ MUTANTS = {
     "float32 angles": (1, "rope.py", "inv_freq[None, :]  # [T, D/2], float64",
                        "inv_freq[None, :].astype(np.float32)", "rotation: cos/sin"),
     "eps outside the sqrt": (1, "model.py", "np.sqrt(mean_square + eps)", "(np.sqrt(mean_square) + eps)",
-                             "rms_norm equals the reference"),
+                             "rms_norm equals the formula"),
     "rotate adjacent pairs": (1, "rope.py", "halves[:, :, ::-1] * sin",
                               "x.reshape(T, n_heads, D // 2, 2)[..., ::-1].reshape(T, n_heads, 2, D // 2) * sin",
-                              "apply_rope with the reference rotation"),
+                              "apply_rope with the grader's rotation"),
     "query head h reads KV head h % Hkv": (2, "model.py", "qb = qb.reshape(T, n_kv_heads, G, D).transpose(1, 2, 0, 3)",
                                            "qb = qb.reshape(T, G, n_kv_heads, D).transpose(2, 1, 0, 3)",
                                            "attention over one block"),
