@@ -81,3 +81,63 @@ def loop_attention(q, blocks, n_kv_heads):
         probs.append(p)
     return out.reshape(T, H * D), np.stack(probs).reshape(n_kv_heads, G, T, -1)
 
+
+
+# --- assignment 5: the streaming evaluator's masks and scores --------------------------------------------------
+
+def banded_visible(query_stream, key_stream, n_sink: int, window: int) -> np.ndarray:
+    """bool [T, L]: may the query at stream index query_stream[i] see the token at key_stream[j] (-1: an empty
+    slot)? In a sink cache the query at t sees the first S tokens and the last W up to itself (W includes t)."""
+    visible = np.zeros((len(query_stream), len(key_stream)), dtype=bool)
+    for i, t in enumerate(query_stream):
+        for j, s in enumerate(key_stream):
+            visible[i, j] = 0 <= s <= t and (s < n_sink or t - s < window)
+    return visible
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per row in float64: [T, V] + [T] -> [T]. log-sum-exp after taking out the
+    row max, which makes it exact for any finite logits."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max(axis=-1)
+    lse = top + np.log(np.exp(x - top[:, None]).sum(axis=-1))
+    return lse - x[np.arange(len(targets)), targets]
+
+
+# --- assignment 6: attention with a sink logit ----------------------------------------------------------------
+
+def sink_attention(q, k, v, sink_logits, visible=None):
+    """Attention with one sink logit sigma_h per query head, float64, head by head (gpt-oss; softmax1 when sigma=0):
+
+        p_ij = exp(s_ij) / (sum_k exp(s_ik) + exp(sigma_h)),   s_ij = q_i . k_j / sqrt(D) over the visible keys.
+
+    The sink takes probability but adds no value. q [T, H, D]; k, v [L, Hkv, D] (head h reads KV head h // G);
+    sink_logits [H]; visible bool [T, L] or None -> (output [T, H, D], probabilities [H, T, L])."""
+    T, H, D = q.shape
+    G = H // k.shape[1]
+    out, probs = np.zeros((T, H, D)), np.zeros((H, T, k.shape[0]))
+    for h in range(H):
+        s = q[:, h].astype(np.float64) @ k[:, h // G].T.astype(np.float64) / np.sqrt(D)  # [T, L]
+        if visible is not None:
+            s = np.where(visible, s, -np.inf)
+        m = np.maximum(s.max(axis=-1, keepdims=True), sink_logits[h])  # the max over the scores and the sink
+        e = np.exp(s - m)
+        probs[h] = e / (e.sum(axis=-1, keepdims=True) + np.exp(sink_logits[h] - m))
+        out[:, h] = probs[h] @ v[:, h // G]
+    return out, probs
+
+
+# --- assignment 7: eviction by attention ------------------------------------------------------------------------
+
+def tova_victim(probs) -> int:
+    """TOVA (Oren et al. 2024): the token the current query attends to least, attention averaged over heads.
+    probs [H, L] -> an index into L (the first one on a tie)."""
+    mean = [sum(probs[h][j] for h in range(len(probs))) / len(probs) for j in range(len(probs[0]))]
+    return min(range(len(mean)), key=lambda j: (mean[j], j))
+
+
+def h2o_victim(scores, n_recent: int) -> int:
+    """H2O (Zhang et al. 2023): among the tokens older than the n_recent most recent, the one with the least
+    accumulated attention. scores [L] in stream order -> an index into L (the first one on a tie)."""
+    older = range(len(scores) - n_recent)
+    return min(older, key=lambda j: (scores[j], j))

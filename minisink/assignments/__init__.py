@@ -68,6 +68,14 @@ ASSIGNMENTS = {a.number: a for a in [
                {"cache.py": ["SinkCache.begin"]}, "a4_cache_positions",
                hints={"SinkCache.begin": "Your begin from assignment 3, now for renumber=True as well: "
                       "self.sink_rotation is a Rotation, or None when no query needs one."}),
+    Assignment(5, "the streaming evaluator's banded masks", "05-banded-masks.md",
+               {"banded.py": ["banded_visibility", "token_nll"]}, "a5_banded_masks", source=SOLUTIONS),
+    Assignment(6, "attention with a sink logit", "06-sink-logit.md",
+               {"sink_attention.py": ["sink_attention"]}, "a6_sink_logit", source=SOLUTIONS,
+               forbidden_names=("attention",)),
+    Assignment(7, "eviction by attention: TOVA and H2O", "07-eviction.md",
+               {"eviction.py": ["tova_victim", "h2o_victim"]}, "a7_eviction", source=SOLUTIONS,
+               forbidden_modules=("minisink.eviction",)),
 ]}
 
 
