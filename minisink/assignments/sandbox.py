@@ -143,7 +143,7 @@ def import_minisink() -> list[types.ModuleType]:
         if info.name not in ("minisink.cli", "minisink.__main__"):
             try:
                 importlib.import_module(info.name)
-            except ImportError:
+            except Exception:  # noqa: BLE001: an optional extra is missing; nothing there to stand in for
                 pass
     return [m for k, m in sys.modules.items() if k == "minisink" or k.startswith("minisink.")]
 
