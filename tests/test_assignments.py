@@ -3,6 +3,7 @@ fails, and plausible student mistakes fail the check meant to catch them. The gr
 submission that exits, crashes, loops forever, eats memory, overwrites the grader's tables or hands back minisink's
 own implementation FAILs (within the time limit), and a check that could not run (no torch) is not a pass."""
 
+import ast
 import csv
 import subprocess
 import sys
@@ -163,15 +164,27 @@ def test_cheats_fail_in_the_child_too(name, tmp_path, monkeypatch):
     assert any("minisink's own" in r.message for r in rs), rs
 
 
+def prepend_to_body(path, qualname, code):
+    """Insert `code` (one indented block) as the first statement of the function `Class.method` in a file."""
+    text = path.read_text()
+    cls, name = qualname.split(".")
+    tree = ast.parse(text)
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    fn = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    first = fn.body[0]
+    lines = text.splitlines(keepends=True)
+    indent = " " * first.col_offset
+    lines.insert(first.lineno - 1, "".join(indent + line + "\n" for line in code.splitlines()))
+    path.write_text("".join(lines))
+
+
 def test_delegating_to_the_reference_fails(tmp_path, monkeypatch):
     """A class defined in the student's file whose methods call minisink's SinkCache: the source check names the
     line, and the child's stand-in refuses the call when the source check is switched off."""
     assignments.new(3, tmp_path, solution=True)
     path = tmp_path / "cache.py"
-    path.write_text(path.read_text().replace("class SinkCache:", "import minisink.cache as ref\n\n\nclass SinkCache:", 1)
-                    .replace('        S, W = self.n_sink, self.window\n        self.T = T\n',
-                             '        return ref.SinkCache.begin(self, T)\n        S, W = self.n_sink, self.window\n'
-                             '        self.T = T\n', 1))
+    path.write_text(path.read_text().replace("class SinkCache", "import minisink.cache as ref\n\n\nclass SinkCache", 1))
+    prepend_to_body(path, "SinkCache.begin", "return ref.SinkCache.begin(self, T)")
     ok, report = grade(3, tmp_path)
     assert not ok and "uses minisink's own SinkCache" in report, report
     monkeypatch.setattr(grading, "inspect_submission", lambda a, folder: [])
@@ -181,9 +194,7 @@ def test_delegating_to_the_reference_fails(tmp_path, monkeypatch):
 
 def test_endless_loop_fails_within_the_limit(tmp_path):
     assignments.new(3, tmp_path, solution=True)
-    path = tmp_path / "cache.py"
-    path.write_text(path.read_text().replace("        S, W = self.n_sink, self.window\n        self.T = T\n",
-                                             "        while True:\n            pass\n", 1))
+    prepend_to_body(tmp_path / "cache.py", "SinkCache.begin", "while True:\n    pass")
     limits = Limits(seconds=1.5)
     start = time.monotonic()
     rs = results(3, tmp_path, limits)
