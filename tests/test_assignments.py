@@ -226,6 +226,15 @@ def test_memory_and_crashes_fail(tmp_path):
     assert "SIGSEGV" in rs[1].message, rs
 
 
+def test_endless_printing_fails(tmp_path):
+    assignments.new(5, tmp_path, solution=True)
+    path = tmp_path / "banded.py"
+    path.write_text(path.read_text().replace('    q = np.asarray(query_stream)[:, None]  # [T, 1]',
+                                             '    while True:\n        print("x" * 10**6)', 1))
+    rs = results(5, tmp_path)
+    assert rs[0].result == "FAIL" and "File too large" in rs[0].message and "printing in a loop" in rs[0].message, rs
+
+
 def test_printing_does_not_confuse_the_grader(tmp_path):
     assignments.new(7, tmp_path, solution=True)
     path = tmp_path / "eviction.py"

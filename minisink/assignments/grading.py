@@ -39,6 +39,7 @@ from .common import Fail, Run, Skip
 from .sandbox import decode, encode
 
 ROOT = Path(minisink.__file__).resolve().parent.parent  # the folder minisink is imported from (for the child)
+LOG_BYTES = 64 * 2**20  # the largest file the child may write (its log of the student's prints included)
 DYNAMIC = {"exec", "eval", "compile", "__import__", "importlib", "runpy", "reload"}
 
 
@@ -216,6 +217,7 @@ class Child:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (LOG_BYTES, LOG_BYTES))  # endless printing fills no disk
 
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                    PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
@@ -225,6 +227,7 @@ class Child:
             [sys.executable, "-m", "minisink.assignments.sandbox", str(a.number), str(folder)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=log_dir, env=env,
             preexec_fn=limit, start_new_session=True)
+        os.set_blocking(self.process.stdin.fileno(), False)  # writes wait in select(), under the deadline
 
     def hello(self) -> dict:
         """Wait for the child to import the student's files; -> its report (origins), or ChildGone."""
@@ -236,11 +239,19 @@ class Child:
     def call(self, request: Run, deadline: float) -> dict:
         arrays = {k: v for k, v in request.inputs.items() if isinstance(v, np.ndarray)}
         params = {k: v for k, v in request.inputs.items() if not isinstance(v, np.ndarray)}
-        try:
-            self.process.stdin.write(encode({"task": request.task, "params": params}, arrays))
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise ChildGone(self._death("before this check"))
+        frame = memoryview(encode({"task": request.task, "params": params}, arrays))
+        fd = self.process.stdin.fileno()
+        while frame:  # a child that stops reading cannot block the grader past the deadline
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                self.kill()
+                raise ChildGone(f"timed out: the grading process took no input for {self.limits.seconds:g} s")
+            try:
+                frame = frame[os.write(fd, frame[:1 << 16]):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise ChildGone(self._death("before this check")) from None
         header, outputs = self._receive(deadline, "during this check")
         if not header.get("ok"):
             raise StudentError(str(header.get("error")))
@@ -281,7 +292,8 @@ class Child:
             code = self.process.wait()
         if code < 0:
             name = signal.Signals(-code).name
-            why = {"SIGXCPU": f"the CPU time limit", "SIGKILL": "killed (out of time or memory)",
+            why = {"SIGXCPU": "the CPU time limit", "SIGKILL": "killed (out of time or memory)",
+                   "SIGXFSZ": f"it wrote more than {LOG_BYTES // 2**20} MB (printing in a loop?)",
                    "SIGSEGV": "a crash (segmentation fault)"}.get(name, name)
             what = f"the grading process was stopped by {name} {when}: {why}"
         else:
