@@ -279,7 +279,7 @@ class Child:
             return decode(read)
         except ChildGone:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001: whatever the child sent, the grader goes on
             self.kill()
             raise ChildGone(f"the grading process sent something unreadable {when} ({e}): did your code write "
                             f"to standard output's file descriptor directly?")
@@ -382,6 +382,8 @@ def grade_submission(a, folder, limits: Limits = Limits()) -> list[Result]:
                 results.append(Result(title, "FAIL", str(e)))
                 child.close()
                 child = None
+            except Exception as e:  # noqa: BLE001: outputs of the wrong kind (a missing name, a list of arrays...)
+                results.append(Result(title, "FAIL", f"your outputs could not be checked: {type(e).__name__}: {e}"))
         if child:
             child.close()
     return results
