@@ -120,9 +120,8 @@ def _library(ctx, name):
     """minisink.cache's class `name` as the library has it (its original, if it is graded and stood in for)."""
     import minisink.cache
 
-    for module, original in ctx.sites.get(name, []):
-        return original
-    return getattr(minisink.cache, name)
+    sites = ctx.sites.get(name)
+    return sites[0][1] if sites else getattr(minisink.cache, name)
 
 
 def model_case(seed: int, sizes: dict | None = None, n: int = 12):
