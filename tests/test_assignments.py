@@ -292,3 +292,26 @@ def test_cli_new_and_grade_a_class(tmp_path):
     assert run("grade", 7, tmp_path / "bob").returncode == 0
     bad = run("grade", 7, tmp_path / "bob", "--time-limit", "0")
     assert bad.returncode != 0 and "time limit" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_frames_carry_plain_arrays_only():
+    """What the child sends is read without pickle: an object array is refused on both sides."""
+    import io
+
+    import numpy as np
+
+    from minisink.assignments.sandbox import decode, encode
+
+    frame = encode({"ok": True}, {"x": np.arange(3.0), "none": None})
+    stream = io.BytesIO(frame)
+    header, arrays = decode(stream.read)
+    assert header["ok"] and arrays["x"].tolist() == [0.0, 1.0, 2.0] and arrays["none"] is None
+    with pytest.raises(TypeError, match="numeric array"):
+        encode({}, {"x": np.array([object()], dtype=object)})
+    buf = io.BytesIO()
+    np.savez(buf, x=np.array([{"a": 1}], dtype=object))  # what a forged child could send
+    forged = b'{"nbytes": %d}' % len(buf.getvalue())
+    with pytest.raises(ValueError, match="pickle"):
+        decode(io.BytesIO(len(forged).to_bytes(4, "big") + forged + buf.getvalue()).read)
+    with pytest.raises(ValueError, match="header"):
+        decode(io.BytesIO((1 << 30).to_bytes(4, "big")).read)
