@@ -28,7 +28,7 @@ stream, and never touched again, and the queries are rotated at their stream pos
 relative to the query: sink j sits at cache position j while the query sits at cache position min(t, S + W - 1),
 so for the sink block the queries are rotated back by the number of tokens evicted so far. No key is ever
 re-rotated, and every score equals the one computed with explicit cache positions
-(minisink/assignments.py::ExplicitSinkCache does exactly that; tests/test_sink_cache.py checks they agree).
+(minisink/reference.py::ExplicitSinkCache does exactly that; tests/test_sink_cache.py checks they agree).
 
 Symbols: T new tokens, L keys in a block, Hkv key/value heads, D head width.
 """

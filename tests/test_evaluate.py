@@ -2,7 +2,7 @@
 
 Property tests over random tiny models, stream lengths, sink counts, windows and chunkings: the chunked sink cache
 gives every token the NLL that one-token-at-a-time ring-buffer streaming gives it, and that the explicit-position
-reference cache (minisink/assignments.py::ExplicitSinkCache, positions assigned within the cache by hand) gives
+reference cache (minisink/reference.py::ExplicitSinkCache, positions assigned within the cache by hand) gives
 it. Also the full cache, the recompute baseline against a plain loop, and the `minisink ppl` plumbing (run_ppl,
 save_run, ids).
 """
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from minisink.evaluate import (dense_token_limit, kv_bytes_per_token, load_text_ids, perplexity,
                                run_ppl, save_run, stream_nll)
 from minisink.model import PREFILL_CHUNK
-from minisink.assignments import ExplicitSinkCache as ReferenceSinkCache
+from minisink.reference import ExplicitSinkCache as ReferenceSinkCache
 from tiny import tiny_model
 
 MODELS = {seed: tiny_model(seed) for seed in range(3)}

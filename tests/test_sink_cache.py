@@ -6,7 +6,7 @@ itself included, at positions within the cache (the retained tokens, in stream o
 
 Oracles, none of them the ring buffer itself:
 - the full cache (dense attention) while the stream still fits in S + W tokens (P1);
-- minisink/assignments.py::ExplicitSinkCache, which keeps every token's pre-RoPE keys forever and selects,
+- minisink/reference.py::ExplicitSinkCache, which keeps every token's pre-RoPE keys forever and selects,
   numbers and rotates them explicitly for each query, one token per call (P2, P5);
 - the same cache fed one token at a time, for any chunking (P3);
 - a Python list of the first S and the last W stream indices, for `retained()` (P4);
@@ -36,7 +36,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from minisink import CacheError, SinkCache
-from minisink.assignments import ExplicitSinkCache as ReferenceSinkCache
+from minisink.reference import ExplicitSinkCache as ReferenceSinkCache
 from tiny import tiny_model
 
 TOL = 1e-5
