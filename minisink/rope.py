@@ -6,7 +6,7 @@ by the angle position * inv_freq[i]:
     rope(x, p) = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]
 
 The one fact the sink cache relies on: the score between a query rotated at p and a key rotated at p' depends only
-on p - p' (a rotation by p, then back by p'). See docs/05-ring-buffer.md.
+on p - p' (a rotation by p, then back by p'). See docs/06-ring-buffer.md.
 
 The trap (STYLE.md, FACTS.md): llama.cpp's GGUF files permute q_proj/k_proj rows so that RoPE rotates adjacent
 pairs (x[2i], x[2i+1]) instead of halves. weights_fetch.py undoes that permutation; with the wrong one nothing
