@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int, help="sink tokens (sink: default 4; recompute: default 0)")
     p.add_argument("--window", type=int, help="recent tokens kept (default: 1024 minus the sinks)")
     p.add_argument("--no-renumber", action="store_true",
-                   help="ablation: keep positions in the text instead of positions within the cache")
+                   help="keep positions in the text instead of positions within the cache: with sinks, the "
+                        "paper's ablation; with --sinks 0 it changes nothing (RoPE sees only distances: a lesson)")
     p.add_argument("--chunk", type=int, default=PREFILL_CHUNK,
                    help=f"tokens per forward of the evaluator (default {PREFILL_CHUNK}; 1 = token by token; "
                         "any chunk gives the same NLLs)")

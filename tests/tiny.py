@@ -28,7 +28,7 @@ def tiny_weights(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
     for name, shape in expected_shapes(config).items():
         if name.endswith("norm.weight"):
             weights[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        else:  # scale like an initialized model, large enough that attention is not uniform
+        else:  # std 0.5 / n ** 0.25 for fan-in n: larger than a fresh model's ~1 / sqrt(n), so attention is not uniform
             weights[name] = (rng.standard_normal(shape) * 0.5 / np.sqrt(shape[-1]) ** 0.5).astype(np.float32)
     return weights
 
