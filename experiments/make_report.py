@@ -101,6 +101,17 @@ def recovered(p0: float, p1: float, p4: float) -> float:
     return (p0 - p1) / (p0 - p4) if p0 > p4 else 0.0
 
 
+def fails_past_pretraining(claim: str, nll, label: str, sink, sink_label: str) -> Conclusion:
+    """PASS if `nll`'s perplexity from token PRETRAIN to its end is at least FALLS_APART times the sink cache's."""
+    end = len(nll) if nll is not None and len(nll) > PRETRAIN + 1 else None
+    return check(
+        claim,
+        {"a": ppl_value(nll, PRETRAIN, end) if end else None, "s": ppl_value(sink, PRETRAIN, end) if end else None},
+        lambda a, s: a >= FALLS_APART * s,
+        lambda a, s: f"tokens {PRETRAIN}-{end - 1}: {label} {a:.2f} vs {sink_label} {s:.2f} = {a / s:.1f}x "
+                     f"(needs >= {FALLS_APART}x)")
+
+
 def conclusions(R: Path, p: Preset) -> list[Conclusion]:
     C = p.cache
     sink, window = load(R, f"sink_4_{C - 4}"), load(R, f"window_{C}")
@@ -169,14 +180,9 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         lambda t, c: t > c,
         lambda t, c: f"tokens {C + 1}-{inside - 1}: text positions {t:.2f} vs cache positions {c:.2f} "
                      f"({t / c - 1:+.1%}; needs > 0)"))
-    past = len(textpos4) if textpos4 is not None and len(textpos4) > PRETRAIN + 1 else None
-    out.append(check(
-        "with sinks, positions in the text fall apart past the pre-training length",
-        {"t": ppl_value(textpos4, PRETRAIN, past) if past else None,
-         "c": ppl_value(sink, PRETRAIN, past) if past else None},
-        lambda t, c: t >= FALLS_APART * c,
-        lambda t, c: f"tokens {PRETRAIN}-{past - 1}: text positions {t:.2f} vs cache positions {c:.2f} = "
-                     f"{t / c:.1f}x (needs >= {FALLS_APART}x)"))
+    out.append(fails_past_pretraining(
+        "with sinks, positions in the text fall apart past the pre-training length", textpos4, "text positions",
+        sink, "cache positions"))
 
     # 6. Dense attention: the best while it lasts, fails past the pre-training length
     dense = load(R, "dense")
@@ -186,14 +192,9 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         {"d": ppl_value(dense, C + 1, d_in) if d_in else None, "s": ppl_value(sink, C + 1, d_in) if d_in else None},
         lambda d, s: d < s,
         lambda d, s: f"tokens {C + 1}-{d_in - 1}: dense {d:.2f} vs 4 sinks {s:.2f}"))
-    d_past = len(dense) if dense is not None and len(dense) > PRETRAIN + 1 else None
-    out.append(check(
-        "dense attention fails past the pre-training length, while the sink cache does not",
-        {"d": ppl_value(dense, PRETRAIN, d_past) if d_past else None,
-         "s": ppl_value(sink, PRETRAIN, d_past) if d_past else None},
-        lambda d, s: d >= FALLS_APART * s,
-        lambda d, s: f"tokens {PRETRAIN}-{d_past - 1}: dense {d:.2f} vs 4 sinks {s:.2f} = {d / s:.1f}x "
-                     f"(needs >= {FALLS_APART}x)"))
+    out.append(fails_past_pretraining(
+        "dense attention fails past the pre-training length, while the sink cache does not", dense, "dense",
+        sink, "4 sinks"))
     return out
 
 
