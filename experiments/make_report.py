@@ -87,11 +87,11 @@ class Conclusion:
     evidence: str  # the figures it rests on, and the threshold
 
 
-def check(claim: str, figures: dict, test, evidence) -> Conclusion:
-    """SKIP if any figure is None (missing run, stream too short), else PASS/FAIL by `test(**figures)`."""
-    missing = [k for k, v in figures.items() if v is None]
-    if missing:
-        return Conclusion(claim, "SKIP", f"needs {', '.join(missing)}")
+def check(claim: str, figures: dict, test, evidence, needs: str) -> Conclusion:
+    """SKIP (saying what it `needs`) if any figure is None: a missing run, a stream too short. Else PASS or FAIL
+    by `test(**figures)`, with the figures it rests on."""
+    if any(v is None for v in figures.values()):
+        return Conclusion(claim, "SKIP", f"needs {needs}")
     return Conclusion(claim, "PASS" if test(**figures) else "FAIL", evidence(**figures))
 
 
@@ -109,7 +109,8 @@ def fails_past_pretraining(claim: str, nll, label: str, sink, sink_label: str) -
         {"a": ppl_value(nll, PRETRAIN, end) if end else None, "s": ppl_value(sink, PRETRAIN, end) if end else None},
         lambda a, s: a >= FALLS_APART * s,
         lambda a, s: f"tokens {PRETRAIN}-{end - 1}: {label} {a:.2f} vs {sink_label} {s:.2f} = {a / s:.1f}x "
-                     f"(needs >= {FALLS_APART}x)")
+                     f"(needs >= {FALLS_APART}x)",
+        f"streams past {PRETRAIN} tokens (the full preset)")
 
 
 def conclusions(R: Path, p: Preset) -> list[Conclusion]:
@@ -126,7 +127,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
          "s": ppl_value(sink, C + 1, n) if n > C + 1 else None},
         lambda before, w, s: before <= IDENTICAL and w >= DEGRADES * s,
         lambda before, w, s: f"tokens 1-{C - 1}: NLLs equal to {before:.1g} nats; tokens {C + 1}-{n - 1}: window "
-                             f"{w:.2f} vs 4 sinks {s:.2f} = {w / s:.2f}x (needs >= {DEGRADES}x)"))
+                             f"{w:.2f} vs 4 sinks {s:.2f} = {w / s:.2f}x (needs >= {DEGRADES}x)",
+        f"the runs window_{C} and sink_4_{C - 4}, past token {C + 1}"))
 
     # 2. One sink recovers most of it; 4 sinks are as good as 8 (paper Table 2)
     stretch = (C + 1, p.short)
@@ -136,13 +138,15 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         {"p0": by_sinks[0], "p1": by_sinks[1], "p4": by_sinks[4]},
         lambda p0, p1, p4: recovered(p0, p1, p4) >= RECOVERS,
         lambda p0, p1, p4: f"tokens {stretch[0]}-{stretch[1] - 1}: 0 sinks {p0:.2f}, 1 sink {p1:.2f}, 4 sinks "
-                           f"{p4:.2f}: one sink recovers {recovered(p0, p1, p4):.0%} (needs >= {RECOVERS:.0%})"))
+                           f"{p4:.2f}: one sink recovers {recovered(p0, p1, p4):.0%} (needs >= {RECOVERS:.0%})",
+        f"the runs window_{C}, sink_1_{C - 1} and sink_4_{C - 4}"))
     out.append(check(
         "4 sinks are as good as 8",
         {"p4": by_sinks[4], "p8": by_sinks[8]},
         lambda p4, p8: abs(p8 / p4 - 1) <= SAME_SINKS,
         lambda p4, p8: f"tokens {stretch[0]}-{stretch[1] - 1}: 4 sinks {p4:.2f}, 8 sinks {p8:.2f} "
-                       f"({p8 / p4 - 1:+.1%}; needs within {SAME_SINKS:.0%})"))
+                       f"({p8 / p4 - 1:+.1%}; needs within {SAME_SINKS:.0%})",
+        f"the runs sink_4_{C - 4} and sink_8_{C - 8}"))
 
     # 3. The sink cache is within a few % of the recompute baseline (paper Fig. 3: 5.40 vs 5.43)
     rec = load(R, f"recompute_{C}")
@@ -152,7 +156,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         {"s": ppl_value(sink, C + 1, end) if end else None, "r": ppl_value(rec, C + 1, end) if end else None},
         lambda s, r: abs(s / r - 1) <= NEAR_RECOMPUTE,
         lambda s, r: f"tokens {C + 1}-{end - 1}: 4 sinks {s:.2f}, recompute {r:.2f} ({s / r - 1:+.1%}; needs within "
-                     f"{NEAR_RECOMPUTE:.0%})"))
+                     f"{NEAR_RECOMPUTE:.0%})",
+        f"the runs recompute_{C} and sink_4_{C - 4}"))
 
     # 4. A larger cache lowers perplexity (paper Table 6)
     sizes = sorted({C - 4, *p.windows})
@@ -162,7 +167,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         {f"4+{W}": v for W, v in by_size.items()},
         lambda **v: all(a > b for a, b in zip(list(v.values()), list(v.values())[1:])),
         lambda **v: f"tokens 1-{p.short - 1}: " + ", ".join(f"{k} {x:.2f}" for k, x in v.items())
-                    + " (needs each below the one before)"))
+                    + " (needs each below the one before)",
+        "the runs " + ", ".join(f"sink_4_{W}" for W in sizes)))
 
     # 5. Renumbering: no effect without sinks (RoPE sees only distances); with sinks, text positions cost
     textpos0, textpos4 = load(R, f"window_{C}_textpos"), load(R, f"sink_4_{C - 4}_textpos")
@@ -171,7 +177,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         "without sinks, positions in the text give the same numbers as positions in the cache",
         {"diff": float(np.nanmax(np.abs(window[:m] - textpos0[:m]))) if m else None},
         lambda diff: diff <= IDENTICAL,
-        lambda diff: f"{m - 1} tokens, max NLL difference {diff:.2g} nats (needs <= {IDENTICAL:g})"))
+        lambda diff: f"{m - 1} tokens, max NLL difference {diff:.2g} nats (needs <= {IDENTICAL:g})",
+        f"the runs window_{C} and window_{C}_textpos"))
     inside = min(PRETRAIN, len(textpos4)) if textpos4 is not None else None
     out.append(check(
         "with sinks, positions in the text cost perplexity inside the pre-training length",
@@ -179,7 +186,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
          "c": ppl_value(sink, C + 1, inside) if inside else None},
         lambda t, c: t > c,
         lambda t, c: f"tokens {C + 1}-{inside - 1}: text positions {t:.2f} vs cache positions {c:.2f} "
-                     f"({t / c - 1:+.1%}; needs > 0)"))
+                     f"({t / c - 1:+.1%}; needs > 0)",
+        f"the runs sink_4_{C - 4} and sink_4_{C - 4}_textpos"))
     out.append(fails_past_pretraining(
         "with sinks, positions in the text fall apart past the pre-training length", textpos4, "text positions",
         sink, "cache positions"))
@@ -191,7 +199,8 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
         "dense attention is the best policy inside the pre-training length",
         {"d": ppl_value(dense, C + 1, d_in) if d_in else None, "s": ppl_value(sink, C + 1, d_in) if d_in else None},
         lambda d, s: d < s,
-        lambda d, s: f"tokens {C + 1}-{d_in - 1}: dense {d:.2f} vs 4 sinks {s:.2f}"))
+        lambda d, s: f"tokens {C + 1}-{d_in - 1}: dense {d:.2f} vs 4 sinks {s:.2f}",
+        f"the runs dense and sink_4_{C - 4}"))
     out.append(fails_past_pretraining(
         "dense attention fails past the pre-training length, while the sink cache does not", dense, "dense",
         sink, "4 sinks"))

@@ -103,4 +103,4 @@ def test_one_sink_and_recompute_are_computed(made_up):
 def test_missing_runs_skip_and_say_so(made_up):
     (made_up / "sink_8_4.npz").unlink()
     found = [c for c in make_report.conclusions(made_up, TINY_CLASS) if c.claim == "4 sinks are as good as 8"]
-    assert found[0].verdict == "SKIP" and "p8" in found[0].evidence
+    assert found[0].verdict == "SKIP" and "sink_8_4" in found[0].evidence
