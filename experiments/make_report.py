@@ -290,10 +290,10 @@ def tables(R: Path, p: Preset) -> list[str]:
         nll = load(R, name)
         n = 0 if nll is None else len(nll)
         row = [label, n, ppl(nll, C + 1, rec_end), ppl(nll, 1, min(PRETRAIN, p.long))]
-        rows.append(row + ([ppl(nll, PRETRAIN, p.long)] if past else []) + [ppl(nll, 1, n) if n else "-"])
+        rows.append(row + ([ppl(nll, PRETRAIN, p.long), ppl(nll, 1, n) if n else "-"] if past else []))
     header = ["policy", "tokens run", f"ppl, tokens {C + 1}-{rec_end - 1}",
               f"ppl, tokens 1-{min(PRETRAIN, p.long) - 1}"]
-    header += ([f"ppl, {PRETRAIN}-{p.long - 1}"] if past else []) + ["ppl, all run"]
+    header += [f"ppl, {PRETRAIN}-{p.long - 1}", "ppl, all run"] if past else []
     out.append(f"### Four policies, total cache {C} (KJV)\n\n" + table(header, rows))
 
     # Table 2: sink count at a fixed total

@@ -104,3 +104,21 @@ def test_missing_runs_skip_and_say_so(made_up):
     (made_up / "sink_8_4.npz").unlink()
     found = [c for c in make_report.conclusions(made_up, TINY_CLASS) if c.claim == "4 sinks are as good as 8"]
     assert found[0].verdict == "SKIP" and "sink_8_4" in found[0].evidence
+
+
+def test_full_preset_tables_and_past_pretraining(tmp_path, capsys):
+    """The full preset's streams pass 8,192 tokens: the tables gain their past-8,192 columns and the two
+    conclusions about it are decided from the numbers (text positions 3 nats worse past 8,192: PASS; dense no
+    worse than the sink cache: FAIL)."""
+    full = run_all.PRESETS["full"]
+    run_all.write_preset(tmp_path, full)
+    for name, args in run_all.preset_runs(full).items():
+        nll = np.full(run_all.build_tokens(args) - 1, 2.0)
+        if name.endswith("textpos") and name.startswith("sink"):
+            nll[make_report.PRETRAIN:] += 3.0
+        write_nll(tmp_path, name, nll)
+    found = {c.claim: c.verdict for c in make_report.conclusions(tmp_path, full)}
+    assert found["with sinks, positions in the text fall apart past the pre-training length"] == "PASS"
+    assert found["dense attention fails past the pre-training length, while the sink cache does not"] == "FAIL"
+    assert make_report.main(["--runs", str(tmp_path), "--no-plots"]) == 1  # a FAIL: exit code 1
+    assert "ppl, 8192-19999" in capsys.readouterr().out
