@@ -6,7 +6,7 @@
     minisink chat                                              multi-turn chat through a sink cache (stdin works)
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
-    minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
+    minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
 """
 
