@@ -21,7 +21,7 @@ makes any chunking of a stream give the same logits. The full cache can store a 
 look (nothing is evicted); the ring buffer stores them at `end()`, because the chunk's later tokens overwrite slots
 that its earlier queries still see.
 
-How the sink cache handles RoPE (docs/05-ring-buffer.md has the derivation). A RoPE score depends only on the
+How the sink cache handles RoPE (docs/06-ring-buffer.md has the derivation). A RoPE score depends only on the
 distance between the query's position and the key's. Within the cache, a window token's distance to the current
 query is its age in the stream, whatever has been evicted: so every key is rotated once, at its position in the
 stream, and never touched again, and the queries are rotated at their stream position too. Only the sinks move

@@ -6,7 +6,7 @@
     minisink chat                                              multi-turn chat through a sink cache (stdin works)
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
-    minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
+    minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
     minisink fetch                                             the default model (also: python weights_fetch.py)
 """
@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sinks", type=int_at_least(0), help="sink tokens (sink: default 4; recompute: default 0)")
     p.add_argument("--window", type=int_at_least(1), help="recent tokens kept (default: 1024 minus the sinks)")
     p.add_argument("--no-renumber", action="store_true",
-                   help="ablation: keep positions in the text instead of positions within the cache")
+                   help="keep positions in the text instead of positions within the cache: with sinks, the "
+                        "paper's ablation; with --sinks 0 it changes nothing (RoPE sees only distances: a lesson)")
     p.add_argument("--chunk", type=int_at_least(1), default=PREFILL_CHUNK,
                    help=f"tokens per forward of the evaluator (default {PREFILL_CHUNK}; 1 = token by token; "
                         "any chunk gives the same NLLs)")

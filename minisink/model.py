@@ -122,10 +122,10 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
     else None). Query head h uses KV head h // G, as in transformers' `repeat_kv`: the G query heads of a KV head
     are stacked into one matrix, so each KV head costs one matrix product.
 
-    The scores are the largest array of the forward pass ([Hkv, G*T, sum of L]), so they are made once and the
-    softmax works on them in place: each block's scores are written into their columns, the row max is subtracted,
-    exp is taken, and instead of dividing every score by its row sum, the output is divided (a [G*T, D] array,
-    not [G*T, L]: the same numbers, one pass less over the scores).
+    The scores are the largest array of a layer ([Hkv, G*T, sum of L]; only the logits [T, V] are larger), so they
+    are made once and the softmax works on them in place: each block's scores are written into their columns, the
+    row max is subtracted, exp is taken, and instead of dividing every score by its row sum, the output is divided
+    (a [G*T, D] array, not [G*T, L]: the same numbers, one pass less over the scores).
     """
     T, H, D = q.shape
     G = H // n_kv_heads
@@ -182,7 +182,8 @@ class Llama:
 
         Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
         cache gives the same logits for any chunking. If `attention_probs` is a list, each layer's attention
-        probabilities [H, T, keys] are appended to it (keys in the cache's block order: see attention_maps.py).
+        probabilities [H, T_chunk, keys] are appended to it, chunk after chunk: layers x chunks arrays for an input
+        longer than PREFILL_CHUNK (keys in the cache's block order: see attention_maps.py, which takes one chunk).
         """
         token_ids = self._check_ids(token_ids)
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own

@@ -6,13 +6,15 @@ by the angle position * inv_freq[i]:
     rope(x, p) = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]
 
 The one fact the sink cache relies on: the score between a query rotated at p and a key rotated at p' depends only
-on p - p' (a rotation by p, then back by p'). See docs/05-ring-buffer.md.
+on p - p' (a rotation by p, then back by p'). See docs/06-ring-buffer.md.
 
-The trap (STYLE.md, FACTS.md): llama.cpp's GGUF files permute q_proj/k_proj rows so that RoPE rotates adjacent
-pairs (x[2i], x[2i+1]) instead of halves. weights_fetch.py undoes that permutation; with the wrong one nothing
-crashes, the output just drifts away after a few tokens.
+The trap: llama.cpp's converter (`permute` in its convert_hf_to_gguf.py) reorders the q_proj/k_proj rows of GGUF
+files so that RoPE rotates adjacent pairs (x[2i], x[2i+1]) instead of halves. weights_fetch.py undoes that
+permutation; with the wrong one nothing crashes, the output just drifts away after a few tokens (docs chapter 02
+shows it).
 
-Angles are computed in float64: at position 10**7 a float32 angle would be off by about a radian.
+Angles are computed in float64: at position 10**7 a float32 angle is off by up to 0.35 rad on SmolLM2's
+frequencies, a float64 one by about 4e-10 (docs chapter 02 measures both).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so the model can memoize rotated queries
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity (== on arrays has no single truth value)
 class Rotation:
     """cos and sin of the angles for T positions, laid out over the whole head width and ready to broadcast."""
 

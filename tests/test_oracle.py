@@ -1,4 +1,4 @@
-"""minisink against transformers on the same weights: the logits must agree (STYLE.md section 7).
+"""minisink against transformers on the same weights: the logits must agree (someone else's answer, not our own).
 
 Tiny random `transformers.LlamaForCausalLM`s (fixed torch seed) are saved with `save_pretrained` (safetensors),
 loaded with `minisink.load_model`, and both run the same token ids. The weights are re-drawn well beyond the default
