@@ -1,11 +1,14 @@
 """KV caches: the position policy. Which tokens a query may see, and at which positions, is decided here.
 
-The model talks to every cache through three calls (see `Llama.forward_chunk`):
+The model talks to every cache through the calls of the `Cache` protocol below (see `Llama.forward_chunk`):
 
-    rotation = cache.begin(T)             once per chunk of T new tokens: the RoPE rotation at which the model
-                                          rotates their queries and keys (their positions), and the masks
+    rotation = cache.begin(T)             once per chunk of T new tokens: their RoPE rotation (their positions)
     blocks = cache.blocks(layer, k, v)    per layer: the KVBlocks the T new queries attend over
-    cache.end()                           once per chunk: the chunk's tokens have joined the cache
+    cache.observe(layer, probs)           per layer, only if cache.wants_attention: that layer's attention
+    cache.end()                           once per chunk: commit; the chunk's tokens join the cache
+
+`end()` is the only call that changes what a cache holds: an exception or Ctrl-C anywhere in a forward leaves it
+as it was, and the next `begin` starts over.
 
 Policies:
 - FullCache: dense attention over everything so far, positions = positions in the text.
@@ -17,9 +20,9 @@ Policies:
   fresh forward over the last W tokens (O(W^2) per token). It caches token ids, not keys (see its docstring).
 
 Every query of a chunk sees the cache as it was before the chunk plus the chunk itself, causally: that is what
-makes any chunking of a stream give the same logits. The full cache can store a chunk's keys before its queries
-look (nothing is evicted); the ring buffer stores them at `end()`, because the chunk's later tokens overwrite slots
-that its earlier queries still see.
+makes any chunking of a stream give the same logits. The full cache stages a chunk's keys in its free slots,
+past the tokens it holds, before the queries look, and `end()` counts them in; the ring buffer writes them into
+the ring at `end()`, because the chunk's later tokens overwrite slots that its earlier queries still see.
 
 How the sink cache handles RoPE (docs/05-ring-buffer.md has the derivation). A RoPE score depends only on the
 distance between the query's position and the key's. Within the cache, a window token's distance to the current
@@ -36,6 +39,7 @@ Symbols: T new tokens, L keys in a block, Hkv key/value heads, D head width.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -57,6 +61,34 @@ class KVBlock:
     values: np.ndarray  # [Hkv, L, D]
     mask: np.ndarray | None  # [T, L] float32, 0 where query i may see key j, -inf where not; None: all visible
     query_rotation: Rotation | None = None  # if set, rotate the T queries further by this for these keys
+
+
+class Cache(Protocol):
+    """What `Llama.forward_chunk` asks of a cache, once per chunk of T new tokens. Every call between `begin` and
+    `end` may only stage the chunk: `end` is the only call that changes what the cache holds, so an exception (or
+    Ctrl-C) anywhere in a forward leaves the cache exactly as it was before `begin`, and the next `begin` discards
+    whatever was staged. FullCache, SinkCache and RecomputeWindow below follow it; so does the explicit-positions
+    oracle the tests compare the sink cache with.
+    """
+
+    wants_attention: bool  # True: the model calls `observe` with every layer's attention (eviction policies)
+
+    def begin(self, T: int) -> Rotation:
+        """Plan a chunk of T new tokens; return their RoPE rotation (their positions). Stages only."""
+
+    def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
+        """The layer's new keys (rotated) and values [T, Hkv, D] -> the KVBlocks the T queries attend over, one
+        softmax across all of them. May stage k and v; must not change what the cache holds."""
+
+    def observe(self, layer: int, probs: np.ndarray) -> None:
+        """Called only if `wants_attention`: the layer's attention probabilities [Hkv, G, T, sum of L], in the
+        order of the blocks `blocks` returned. Stages only."""
+
+    def end(self) -> None:
+        """Commit the chunk: its tokens join the cache (and, for a bounded cache, others leave it)."""
+
+    def retained(self) -> np.ndarray:
+        """Stream indices (0 = first token fed) of the tokens the cache holds, in stream order."""
 
 
 def causal_mask(query_pos: np.ndarray, key_pos: np.ndarray) -> np.ndarray:
@@ -82,14 +114,18 @@ def values_layout(v: np.ndarray) -> np.ndarray:
 class FullCache:
     """Dense attention: keeps every token; positions are the positions in the text (plus `position_offset`).
 
-    Nothing is ever evicted, so the new keys can be written before the queries look: one block, causal within the
-    chunk. Storage grows by doubling, so appending a token is O(1) amortized.
+    Nothing is ever evicted, so the new keys can be written before the queries look, into the free slots past the
+    `length` tokens held: one block, causal within the chunk. `end()` counts them in; until then they are only
+    staged, so an interrupted chunk leaves `length` unchanged and the next chunk overwrites them. Storage grows by
+    doubling, so appending a token is O(1) amortized.
     """
+
+    wants_attention = False
 
     def __init__(self, config: LlamaConfig, position_offset: int = 0):
         self.n_layers, self.inv_freq = config.num_hidden_layers, config.inv_freq()
         self.position_offset = position_offset  # position of the first token (tests use 10**7 to show no drift)
-        self.length = 0  # tokens held, including the chunk being fed
+        self.length = 0  # tokens held (committed)
         shape = (self.n_layers, config.num_key_value_heads, config.head_dim)
         self.keys = np.zeros(shape + (16,), dtype=np.float32)  # [layers, Hkv, D, capacity]
         self.values = np.zeros(shape[:2] + (16, shape[2]), dtype=np.float32)  # [layers, Hkv, capacity, D]
@@ -97,22 +133,21 @@ class FullCache:
     def begin(self, T: int):
         n = self.length
         if n + T > self.keys.shape[-1]:
-            self._grow(2 * (n + T))
-        self.new = slice(n, n + T)
-        self.length = n + T
+            self._grow(2 * (n + T))  # more room: the same tokens held
+        self.new = slice(n, n + T)  # the free slots the chunk is staged in
         positions = self.position_offset + np.arange(n + T)  # [n + T] every token's position in the text
         self.mask = causal_mask(positions[n:], positions)  # [T, n + T]; None for a lone query: it sees all
         return rotation(positions[n:], self.inv_freq)  # the new tokens' positions
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
         """k (rotated), v [T, Hkv, D] -> one block: every token so far, the new ones included."""
-        self.keys[layer, :, :, self.new] = keys_layout(k)
+        self.keys[layer, :, :, self.new] = keys_layout(k)  # staged in free slots: `length` does not count them yet
         self.values[layer, :, self.new] = values_layout(v)
-        n = self.length
+        n = self.new.stop
         return [KVBlock(self.keys[layer, :, :, :n], self.values[layer, :, :n], self.mask)]
 
     def end(self):
-        pass  # the new tokens were stored as they came
+        self.length = self.new.stop  # commit: the staged tokens are held
 
     def _grow(self, capacity: int):
         keys = np.zeros(self.keys.shape[:3] + (capacity,), dtype=np.float32)
@@ -122,7 +157,7 @@ class FullCache:
         self.keys, self.values = keys, values
 
     def retained(self) -> np.ndarray:
-        """Stream indices (0 = first token fed) of the tokens attended to by the next token."""
+        """Stream indices (0 = first token fed) of the tokens held: all of them."""
         return np.arange(self.length)
 
 
@@ -135,7 +170,12 @@ class SinkCache:
 
     renumber=True (the paper) gives positions within the cache; renumber=False keeps the positions of the
     original text for every token (an ablation: the gap between the sinks and the window then grows).
+
+    A chunk is committed only at `end()`: `begin` and `blocks` write nothing but the new sinks, into sink slots no
+    committed token holds yet (`slot_token` is -1 there until `end`).
     """
+
+    wants_attention = False
 
     def __init__(self, config: LlamaConfig, n_sink: int, window: int, renumber: bool = True,
                  position_offset: int = 0):
@@ -153,11 +193,11 @@ class SinkCache:
         self.keys = np.zeros((self.n_layers, config.num_key_value_heads, config.head_dim, slots), dtype=np.float32)
         self.values = np.zeros((self.n_layers, config.num_key_value_heads, slots, config.head_dim), dtype=np.float32)
         self.slot_token = np.full(slots, -1)  # stream index held by each slot, -1 while empty
-        self._pending = {}
 
     def begin(self, T: int):
         S, W = self.n_sink, self.window
         self.T = T
+        self._pending = {}  # layer -> the chunk's window keys and values, written into the ring at `end`
         stream = self.seen + np.arange(T)  # [T] stream indices of the new tokens
         # Each query sits at cache position min(t, S + W - 1): t - evicted. Sink j is at cache position j, so the
         # sink block's queries are rotated back by the number of evicted tokens (their stream position is kept
@@ -227,8 +267,11 @@ class RecomputeWindow:
     a retained token's keys and values are rebuilt every step from the truncated context. That is the difference
     with SinkCache, whose retained keys are the ones computed when each token still saw its own window: with more
     than one layer the two give different logits (the paper: perplexity 5.43 vs 5.40).
-    `Llama.forward` hands this cache the whole call (it cannot be split into per-layer blocks).
+    `Llama.forward` hands this cache the whole call (it cannot be split into per-layer blocks), so it has no
+    begin / blocks / end; like them, it commits the call's tokens only once all their forwards have run.
     """
+
+    wants_attention = False
 
     def __init__(self, config: LlamaConfig, window: int, n_sink: int = 0):
         if not isinstance(window, (int, np.integer)) or window < 1:
@@ -240,18 +283,27 @@ class RecomputeWindow:
         self.recent: list[int] = []  # the last W token ids
         self.seen = 0  # tokens fed so far
 
+    def appended(self, sinks: list[int], recent: list[int], token: int) -> tuple[list[int], list[int]]:
+        """The retained ids (sinks, recent) after one more token, as new lists (the old ones are left as they were)."""
+        if len(sinks) < self.n_sink and not recent:
+            return sinks + [int(token)], recent
+        return sinks, (recent + [int(token)])[-self.window:]
+
     def remember(self, token: int) -> list[int]:
-        """Append one token id to the retained ones; return the context its logits are computed from."""
+        """Append one token id to the retained ones, without a forward; return the retained ids."""
+        self.sinks, self.recent = self.appended(self.sinks, self.recent, token)
         self.seen += 1
-        if len(self.sinks) < self.n_sink and not self.recent:
-            self.sinks.append(int(token))
-        else:
-            self.recent = (self.recent + [int(token)])[-self.window:]
         return self.sinks + self.recent
 
     def forward(self, model, token_ids: np.ndarray) -> np.ndarray:
-        """Logits [T, V]: one fresh dense forward over the retained tokens per new token."""
-        return np.stack([model.forward(np.array(self.remember(t)), FullCache(self.config))[-1] for t in token_ids])
+        """Logits [T, V]: one fresh dense forward over the retained tokens per new token. The retained ids are
+        committed only after the last forward, so an interrupt leaves the cache as it was."""
+        sinks, recent, logits = self.sinks, self.recent, []
+        for token in token_ids:
+            sinks, recent = self.appended(sinks, recent, token)
+            logits.append(model.forward(np.array(sinks + recent), FullCache(self.config))[-1])  # [V]
+        self.sinks, self.recent, self.seen = sinks, recent, self.seen + len(token_ids)  # commit
+        return np.stack(logits)  # [T, V]
 
     def retained(self) -> np.ndarray:
         """Stream indices of the retained tokens (the first n_sink and the last W), in stream order."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
+from .cache import Cache, CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
 from .config import LlamaConfig
 from .rope import apply_rope
 from .weights import load_weights
@@ -177,12 +177,14 @@ class Llama:
             raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
         return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
 
-    def forward(self, token_ids, cache, attention_probs: list | None = None) -> np.ndarray:
+    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
         """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.
 
         Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
-        cache gives the same logits for any chunking. If `attention_probs` is a list, each layer's attention
-        probabilities [H, T, keys] are appended to it (keys in the cache's block order: see attention_maps.py).
+        cache gives the same logits for any chunking. Each chunk is committed whole or not at all: if a chunk
+        raises (or Ctrl-C), the cache holds exactly the chunks before it (the exception's note says how many
+        tokens). If `attention_probs` is a list, each layer's attention probabilities [H, T, keys] are appended
+        to it (keys in the cache's block order: see attention_maps.py).
         """
         token_ids = self._check_ids(token_ids)
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
@@ -190,16 +192,21 @@ class Llama:
         logits = np.empty((len(token_ids), len(self.lm_head)), dtype=np.float32)  # [T, V]
         for start in range(0, len(token_ids), PREFILL_CHUNK):
             rows = slice(start, start + PREFILL_CHUNK)
-            x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], final norm applied
+            try:
+                x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], normed
+            except BaseException as e:
+                if start:  # the earlier chunks were committed
+                    e.add_note(f"minisink: the cache holds the first {start} of these {len(token_ids)} tokens")
+                raise
             np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
         return logits
 
-    def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
+    def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
         """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
         `forward` multiplies them by the LM head."""
         c = self.config
         T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        rotation = cache.begin(T)  # the cache decides the new tokens' positions
+        rotation = cache.begin(T)  # the cache decides the new tokens' positions; nothing changes until `end`
         x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream, updated in place
         for n, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
@@ -216,7 +223,7 @@ class Llama:
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
             I = gate_up.shape[1] // 2
             x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
-        cache.end()
+        cache.end()  # commit: only now do the chunk's tokens join the cache
         return rms_norm(x, self.norm, c.rms_norm_eps)  # [T, d_model]
 
     def _check_ids(self, token_ids) -> np.ndarray:
