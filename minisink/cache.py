@@ -101,6 +101,31 @@ def additive_mask(visible: np.ndarray) -> np.ndarray | None:
     return None if visible.all() else np.where(visible, np.float32(0), MASKED).astype(np.float32)
 
 
+def kv_bytes_per_token(config) -> int:
+    """Bytes of keys and values one token adds to a full cache: layers * 2 (K and V) * Hkv * D * 4 (float32)."""
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 4
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no /proc)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(nbytes: int, what: str, fix: str):
+    """Raise a CacheError before allocating `nbytes` for `what` if they exceed the available memory."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise CacheError(f"{what} needs {nbytes / 2**30:.2f} GiB of keys and values, but only "
+                         f"{available / 2**30:.2f} GiB of memory is available: {fix}")
+
+
 def keys_layout(k: np.ndarray) -> np.ndarray:
     """[T, Hkv, D] -> [Hkv, D, T], the layout stored in caches (a (heads, D, L) K makes q @ K fast)."""
     return k.transpose(1, 2, 0)
@@ -126,6 +151,7 @@ class FullCache:
         self.n_layers, self.inv_freq = config.num_hidden_layers, config.inv_freq()
         self.position_offset = position_offset  # position of the first token (tests use 10**7 to show no drift)
         self.length = 0  # tokens held (committed)
+        self.bytes_per_token = kv_bytes_per_token(config)
         shape = (self.n_layers, config.num_key_value_heads, config.head_dim)
         self.keys = np.zeros(shape + (16,), dtype=np.float32)  # [layers, Hkv, D, capacity]
         self.values = np.zeros(shape[:2] + (16, shape[2]), dtype=np.float32)  # [layers, Hkv, capacity, D]
@@ -150,6 +176,8 @@ class FullCache:
         self.length = self.new.stop  # commit: the staged tokens are held
 
     def _grow(self, capacity: int):
+        check_fits(capacity * self.bytes_per_token, f"a full cache of {capacity} tokens",
+                   "feed fewer tokens, or use a sink cache: new_cache(n_sink=4, window=1020)")
         keys = np.zeros(self.keys.shape[:3] + (capacity,), dtype=np.float32)
         values = np.zeros(self.values.shape[:2] + (capacity, self.values.shape[3]), dtype=np.float32)
         keys[..., :self.length] = self.keys[..., :self.length]
@@ -185,6 +213,8 @@ class SinkCache:
             raise CacheError(f"window must be an integer >= 1 (the current token is part of the window), "
                              f"got {window!r}")
         self.n_sink, self.window, self.renumber = int(n_sink), int(window), renumber
+        check_fits((self.n_sink + self.window) * kv_bytes_per_token(config),
+                   f"a sink cache of {self.n_sink} + {self.window} slots", "use a smaller window")
         self.n_layers, self.inv_freq = config.num_hidden_layers, config.inv_freq()
         self.position_offset = position_offset  # position of the first token (tests use 10**7 to show no drift)
         self.seen = 0  # tokens fed so far
@@ -209,13 +239,15 @@ class SinkCache:
         self.new_window = stream >= S  # [T] which new tokens go to the window
         n_sinks = min(S, self.seen + T)
         self.sink_mask = causal_mask(stream, np.arange(n_sinks))  # [T, n_sinks]
-        ring_token = self.slot_token[S:]  # [W]
-        ring_visible = (ring_token >= 0)[None, :] & (stream[:, None] - ring_token[None, :] < W)
-        self.ring_mask = additive_mask(ring_visible)  # [T, W]
+        # The ring fills its slots in order, so the tokens it holds are in slots S .. S + n_ring - 1: the ring
+        # block and its mask cover those, O(T x tokens held), however large W is.
+        self.n_ring = int((self.slot_token[S:] >= 0).sum())
+        ring_token = self.slot_token[S:S + self.n_ring]  # [n_ring]
+        self.ring_mask = additive_mask(stream[:, None] - ring_token[None, :] < W)  # [T, n_ring]
         new_tokens = stream[self.new_window]
         new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
         self.new_mask = additive_mask(new_visible)  # [T, T_window]
-        self.n_sinks, self.ring_filled = n_sinks, bool((ring_token >= 0).any())
+        self.n_sinks = n_sinks
         return rotation(self.position_offset + stream, self.inv_freq)  # every key at its position in the stream
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
@@ -232,8 +264,9 @@ class SinkCache:
         if self.n_sinks:
             blocks.append(KVBlock(self.keys[layer, :, :, :self.n_sinks], self.values[layer, :, :self.n_sinks],
                                   self.sink_mask, self.sink_rotation))
-        if self.ring_filled:
-            blocks.append(KVBlock(self.keys[layer, :, :, S:], self.values[layer, :, S:], self.ring_mask))
+        if self.n_ring:
+            ring = slice(S, S + self.n_ring)
+            blocks.append(KVBlock(self.keys[layer, :, :, ring], self.values[layer, :, ring], self.ring_mask))
         if len(k_win):
             blocks.append(KVBlock(keys_layout(k_win), values_layout(v_win), self.new_mask))
         return blocks
@@ -274,11 +307,13 @@ class RecomputeWindow:
     wants_attention = False
 
     def __init__(self, config: LlamaConfig, window: int, n_sink: int = 0):
-        if not isinstance(window, (int, np.integer)) or window < 1:
+        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
             raise CacheError(f"window must be an integer >= 1, got {window!r}")
-        if not isinstance(n_sink, (int, np.integer)) or n_sink < 0:
+        if not isinstance(n_sink, (int, np.integer)) or isinstance(n_sink, bool) or n_sink < 0:
             raise CacheError(f"n_sink must be an integer >= 0, got {n_sink!r}")
         self.config, self.window, self.n_sink = config, int(window), int(n_sink)
+        check_fits((self.n_sink + self.window) * kv_bytes_per_token(config),
+                   f"recomputing a window of {self.n_sink} + {self.window} tokens", "use a smaller window")
         self.sinks: list[int] = []  # the first n_sink token ids
         self.recent: list[int] = []  # the last W token ids
         self.seen = 0  # tokens fed so far
