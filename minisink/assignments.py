@@ -79,8 +79,9 @@ ASSIGNMENTS = {
                   {"cache.py": ["SinkCache.begin", "SinkCache.blocks", "SinkCache.end", "SinkCache.retained"]},
                   {"SinkCache.begin": "Once per chunk of T new tokens: which new tokens become sinks, which go to "
                    "the window, the masks of the sink block [T, sinks so far], of the ring as it was before the chunk "
-                   "[T, W] and of the chunk's own window tokens; return the rotation at the new tokens' stream "
-                   "positions. Assignment 3 grades renumber=False: set self.sink_rotation = None (assignment 4 "
+                   "[T, ring tokens held] and of the chunk's own window tokens; return the rotation at the new "
+                   "tokens' stream positions. (The reference's decode shortcuts, self.lone and "
+                   "self.sinks_after_ring, are optional: set both to None / False.) Assignment 3 grades renumber=False: set self.sink_rotation = None (assignment 4 "
                    "computes it)."}),
     4: Assignment(4, "positions within the cache", "04-cache-positions.md",
                   {"cache.py": ["SinkCache.begin"]},

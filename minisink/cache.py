@@ -22,16 +22,20 @@ Policies:
 Every query of a chunk sees the cache as it was before the chunk plus the chunk itself, causally: that is what
 makes any chunking of a stream give the same logits. The full cache stages a chunk's keys in its free slots,
 past the tokens it holds, before the queries look, and `end()` counts them in; the ring buffer writes them into
-the ring at `end()`, because the chunk's later tokens overwrite slots that its earlier queries still see.
+the ring at `end()`, because the chunk's later tokens overwrite slots that its earlier queries still see (a lone
+decode token goes straight into its slot, whose old token it cannot see: see SinkCache).
 
 How the sink cache handles RoPE (docs/05-ring-buffer.md has the derivation). A RoPE score depends only on the
 distance between the query's position and the key's. Within the cache, a window token's distance to the current
 query is its age in the stream, whatever has been evicted: so every key is rotated once, at its position in the
 stream, and never touched again, and the queries are rotated at their stream position too. Only the sinks move
 relative to the query: sink j sits at cache position j while the query sits at cache position min(t, S + W - 1),
-so for the sink block the queries are rotated back by the number of tokens evicted so far. No key is ever
-re-rotated, and every score equals the one computed with explicit cache positions
+so for the sink block the queries are rotated back by the number of tokens evicted so far. No stored key is
+ever re-rotated, and every score equals the one computed with explicit cache positions
 (minisink/assignments.py::ExplicitSinkCache does exactly that; tests/test_sink_cache.py checks they agree).
+Decode (one query, ring full) does the same the other way round, which is faster: a working copy of the S sink
+keys is rotated forward by the evicted count, always from the stored sinks, placed after the ring, and the ring
+and the sinks become one block, every key visible: one matrix product, no mask.
 
 Symbols: T new tokens, L keys in a block, Hkv key/value heads, D head width.
 """
@@ -44,7 +48,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import LlamaConfig
-from .rope import Rotation, rotation
+from .rope import Rotation, apply_rope, rotation
 
 MASKED = np.float32(-np.inf)  # additive mask value; every query always sees itself, so no row is all -inf
 
@@ -192,15 +196,18 @@ class FullCache:
 class SinkCache:
     """StreamingLLM's cache: S pinned sink tokens + a ring buffer of the W most recent tokens.
 
-    Storage is fixed at construction: keys [layers, Hkv, D, S + W], values [layers, Hkv, S + W, D]. Slots 0..S-1
-    hold the sinks (written once, never moved); slots S..S+W-1 are the ring, overwritten in turn at `write`, which
-    wraps. Evicting a token costs nothing: its slot is simply the next one written.
+    Storage is fixed at construction: keys [layers, Hkv, D, S + W + S], values [layers, Hkv, S + W + S, D]. Slots
+    0..S-1 hold the sinks (written once, never moved); slots S..S+W-1 are the ring, overwritten in turn at `write`,
+    which wraps. Evicting a token costs nothing: its slot is simply the next one written. The last S slots are a
+    working copy of the sinks for decode (see `begin`): with them, the ring and the sinks are one block.
 
     renumber=True (the paper) gives positions within the cache; renumber=False keeps the positions of the
     original text for every token (an ablation: the gap between the sinks and the window then grows).
 
-    A chunk is committed only at `end()`: `begin` and `blocks` write nothing but the new sinks, into sink slots no
-    committed token holds yet (`slot_token` is -1 there until `end`).
+    A chunk is committed only at `end()`: before it, `blocks` writes nothing but new sinks, into sink slots no
+    committed token holds yet (`slot_token` is -1 there until `end`), and a lone window token, into the ring slot
+    it will take, whose old token no query can see any more. So an interrupted chunk changes no later logit and
+    no `retained()`.
     """
 
     wants_attention = False
@@ -213,16 +220,16 @@ class SinkCache:
             raise CacheError(f"window must be an integer >= 1 (the current token is part of the window), "
                              f"got {window!r}")
         self.n_sink, self.window, self.renumber = int(n_sink), int(window), renumber
-        check_fits((self.n_sink + self.window) * kv_bytes_per_token(config),
+        check_fits((2 * self.n_sink + self.window) * kv_bytes_per_token(config),
                    f"a sink cache of {self.n_sink} + {self.window} slots", "use a smaller window")
         self.n_layers, self.inv_freq = config.num_hidden_layers, config.inv_freq()
         self.position_offset = position_offset  # position of the first token (tests use 10**7 to show no drift)
         self.seen = 0  # tokens fed so far
         self.write = 0  # next ring slot to overwrite, in 0..W-1
-        slots = self.n_sink + self.window
+        slots = 2 * self.n_sink + self.window  # sinks, ring, the sinks' working copy
         self.keys = np.zeros((self.n_layers, config.num_key_value_heads, config.head_dim, slots), dtype=np.float32)
         self.values = np.zeros((self.n_layers, config.num_key_value_heads, slots, config.head_dim), dtype=np.float32)
-        self.slot_token = np.full(slots, -1)  # stream index held by each slot, -1 while empty
+        self.slot_token = np.full(self.n_sink + self.window, -1)  # stream index held by each slot, -1 while empty
 
     def begin(self, T: int):
         S, W = self.n_sink, self.window
@@ -235,31 +242,53 @@ class SinkCache:
         evicted = np.maximum(stream - (S + W - 1), 0) if self.renumber else np.zeros(T, dtype=int)
         self.sink_rotation = rotation(-evicted, self.inv_freq) if evicted.any() else None
 
-        self.new_sinks = stream[stream < S]  # new tokens that become sinks: written at once (slots never reused)
-        self.new_window = stream >= S  # [T] which new tokens go to the window
-        n_sinks = min(S, self.seen + T)
-        self.sink_mask = causal_mask(stream, np.arange(n_sinks))  # [T, n_sinks]
+        # The chunk's first new_sinks tokens become sinks (written at once: those slots are never reused), the
+        # rest go to the window.
+        self.new_sinks = min(max(S - self.seen, 0), T)
+        self.n_sinks = min(S, self.seen + T)
+        self.sink_mask = causal_mask(stream, np.arange(self.n_sinks))  # [T, n_sinks]; None once all are sinks
         # The ring fills its slots in order, so the tokens it holds are in slots S .. S + n_ring - 1: the ring
         # block and its mask cover those, O(T x tokens held), however large W is.
         self.n_ring = int((self.slot_token[S:] >= 0).sum())
         ring_token = self.slot_token[S:S + self.n_ring]  # [n_ring]
         self.ring_mask = additive_mask(stream[:, None] - ring_token[None, :] < W)  # [T, n_ring]
-        new_tokens = stream[self.new_window]
+        new_tokens = stream[self.new_sinks:]  # [T_window]
         new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
         self.new_mask = additive_mask(new_visible)  # [T, T_window]
-        self.n_sinks = n_sinks
+        # A lone window token (decode) needs no block of its own: the ring slot it will take is empty, or holds
+        # the oldest window token, W back, which neither it nor any later query can see. So `blocks` writes it
+        # there at once, and the ring block covers it, every key visible: no mask, no copy at `end`.
+        self.lone = S + self.write if T == 1 and not self.new_sinks else None
+        if self.lone is not None:
+            self.n_ring, self.ring_mask = max(self.n_ring, self.write + 1), None
+        # Once the ring is full, a lone query's sinks need not be a block of their own either: rotating the S sink
+        # keys forward by `evicted` gives the scores of rotating the query back (RoPE scores depend only on the
+        # distance), so their working copy after the ring (slots S+W..) is rotated from the sinks, never from
+        # itself, and the ring and sinks are one block, one matrix product.
+        self.sinks_after_ring = self.lone is not None and S > 0 and self.n_ring == W
+        if self.sinks_after_ring:
+            sinks = self.keys[:, :, :, :S].transpose(3, 0, 1, 2)  # [S, layers, Hkv, D]
+            ahead = apply_rope(sinks.reshape(1, -1, sinks.shape[-1]), rotation(evicted, self.inv_freq))
+            self.keys[:, :, :, S + W:] = ahead.reshape(sinks.shape).transpose(1, 2, 3, 0)
         return rotation(self.position_offset + stream, self.inv_freq)  # every key at its position in the stream
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
         """k (rotated), v [T, Hkv, D] -> [sinks, the ring as it was before the chunk, the chunk's window tokens]."""
-        S = self.n_sink
-        for t in self.new_sinks:  # sinks go straight to their fixed slots: nothing else ever writes there
-            i = t - self.seen
-            self.keys[layer, :, :, t] = k[i]
-            self.values[layer, :, t] = v[i]
-        k_win, v_win = k[self.new_window], v[self.new_window]
-        self._pending[layer] = (k_win, v_win)
+        S, new = self.n_sink, self.new_sinks
+        if new:  # new sinks go straight to their fixed slots, which no committed token holds yet
+            sinks = slice(self.seen, self.seen + new)
+            self.keys[layer, :, :, sinks] = keys_layout(k[:new])
+            self.values[layer, :, sinks] = values_layout(v[:new])
+            self.values[layer, :, S + self.window + sinks.start:S + self.window + sinks.stop] = values_layout(v[:new])
+        k_win, v_win = k[new:], v[new:]  # [T_window, Hkv, D], views
+        if self.lone is not None:  # straight into its ring slot: no block of its own, nothing left for `end`
+            self.keys[layer, :, :, self.lone], self.values[layer, :, self.lone] = k_win[0], v_win[0]  # [Hkv, D]
+            k_win = k_win[:0]
+        else:
+            self._pending[layer] = (k_win, v_win)  # written into the ring at `end`
 
+        if self.sinks_after_ring:  # [the ring, the lone token in it; the sinks' working copy]: every key visible
+            return [KVBlock(self.keys[layer, :, :, S:], self.values[layer, :, S:], None)]
         blocks = []
         if self.n_sinks:
             blocks.append(KVBlock(self.keys[layer, :, :, :self.n_sinks], self.values[layer, :, :self.n_sinks],
@@ -272,19 +301,20 @@ class SinkCache:
         return blocks
 
     def end(self):
-        """Write the chunk's window tokens into the ring: the last min(W, n) of them, O(1) per token."""
+        """Write the chunk's window tokens into the ring (the last min(W, n) of them, O(1) per token; a lone token
+        is there already) and count them in."""
         S, W = self.n_sink, self.window
-        tokens = (self.seen + np.arange(self.T))[self.new_window]
-        keep = slice(max(0, len(tokens) - W), len(tokens))
-        slots = S + (self.write + np.arange(keep.stop - keep.start)) % W
+        tokens = np.arange(self.seen + self.new_sinks, self.seen + self.T)  # the chunk's window tokens
+        kept = tokens[-W:]  # a chunk longer than W evicts inside itself
+        slots = S + (self.write + np.arange(len(kept))) % W
         for layer, (k, v) in self._pending.items():
-            self.keys[layer][:, :, slots] = keys_layout(k[keep])
-            self.values[layer][:, slots] = values_layout(v[keep])
-        self.slot_token[slots] = tokens[keep]
-        self.slot_token[self.new_sinks] = self.new_sinks
+            self.keys[layer][:, :, slots] = keys_layout(k[-W:])
+            self.values[layer][:, slots] = values_layout(v[-W:])
+        self.slot_token[slots] = kept
+        self.slot_token[self.seen:self.seen + self.new_sinks] = np.arange(self.seen, self.seen + self.new_sinks)
         self.write = (self.write + len(slots)) % W
         self.seen += self.T
-        self._pending.clear()
+        self._pending = {}
 
     def retained(self) -> np.ndarray:
         """Stream indices of the tokens held (the first S and the last W), in stream order."""
