@@ -293,9 +293,13 @@ class SinkCache:
         if self.n_sinks:
             blocks.append(KVBlock(self.keys[layer, :, :, :self.n_sinks], self.values[layer, :, :self.n_sinks],
                                   self.sink_mask, self.sink_rotation))
-        if self.n_ring:
-            ring = slice(S, S + self.n_ring)
-            blocks.append(KVBlock(self.keys[layer, :, :, ring], self.values[layer, :, ring], self.ring_mask))
+        if self.n_ring:  # oldest first (slots S + write.., then S..): what a chunk's later queries no longer
+            # see is then the start of the ring, which `attention` skips (see model.attention_in_tiles)
+            split = self.write if self.n_ring == self.window else 0
+            for a, b in ((S + split, S + self.n_ring), (S, S + split)):
+                if b > a:
+                    mask = None if self.ring_mask is None else self.ring_mask[:, a - S:b - S]
+                    blocks.append(KVBlock(self.keys[layer, :, :, a:b], self.values[layer, :, a:b], mask))
         if len(k_win):
             blocks.append(KVBlock(keys_layout(k_win), values_layout(v_win), self.new_mask))
         return blocks

@@ -101,7 +101,7 @@ def test_long_input_commits_whole_chunks_and_says_so():
     m = model(1)
     ids = np.random.default_rng(0).integers(0, VOCAB, minisink.model.PREFILL_CHUNK + 5)
     cache = m.new_cache()
-    with pytest.raises(Injected) as info, raising(minisink.model, "attention", 1, Injected):
+    with pytest.raises(Injected) as info, raising(cache, "blocks", 1, Injected):  # one layer: chunk 2's blocks
         m.forward(ids, cache)
     assert len(cache.retained()) == minisink.model.PREFILL_CHUNK
     assert f"holds the first {minisink.model.PREFILL_CHUNK} of these {len(ids)} tokens" in "".join(
