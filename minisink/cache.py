@@ -330,7 +330,7 @@ class RecomputeWindow:
     """Sliding window with re-computation (the paper's quality baseline, Fig. 1c): O(W^2) per token.
 
     For each new token it runs a fresh dense forward over the last W tokens (itself included; with n_sink > 0, the
-    first n_sink tokens of the stream as well) and keeps only the last logits. So it caches token ids, not keys:
+    first n_sink tokens of the stream as well) and computes the logits of the last one only. So it caches token ids, not keys:
     a retained token's keys and values are rebuilt every step from the truncated context. That is the difference
     with SinkCache, whose retained keys are the ones computed when each token still saw its own window: with more
     than one layer the two give different logits (the paper: perplexity 5.43 vs 5.40).
@@ -370,7 +370,7 @@ class RecomputeWindow:
         sinks, recent, logits = self.sinks, self.recent, []
         for token in token_ids:
             sinks, recent = self.appended(sinks, recent, token)
-            logits.append(model.forward(np.array(sinks + recent), FullCache(self.config))[-1])  # [V]
+            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config)))  # [V]
         self.sinks, self.recent, self.seen = sinks, recent, self.seen + len(token_ids)  # commit
         return np.stack(logits)  # [T, V]
 

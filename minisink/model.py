@@ -254,6 +254,15 @@ class Llama:
             np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
         return logits
 
+    def last_logits(self, token_ids, cache: Cache) -> np.ndarray:
+        """Logits [V] of the last of `token_ids` only, fed into `cache` as `forward` feeds them: the LM head (a
+        [V, d_model] product per row, the largest of the model) is applied to that one row. The recompute baseline
+        needs no more."""
+        token_ids = self._check_ids(token_ids)
+        for start in range(0, len(token_ids), PREFILL_CHUNK):
+            x = self.forward_chunk(token_ids[start:start + PREFILL_CHUNK], cache)  # [chunk, d_model]
+        return (x[-1:] @ self.lm_head.T)[0]  # [V]
+
     def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
         """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
         `forward` multiplies them by the LM head."""

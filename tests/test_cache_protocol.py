@@ -106,3 +106,28 @@ def test_long_input_commits_whole_chunks_and_says_so():
     assert len(cache.retained()) == minisink.model.PREFILL_CHUNK
     assert f"holds the first {minisink.model.PREFILL_CHUNK} of these {len(ids)} tokens" in "".join(
         info.value.__notes__)
+
+
+class RowsRecorder(np.ndarray):
+    """An LM head that records how many rows each product multiplies it with."""
+
+    rows: list = []
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [np.asarray(x) if isinstance(x, RowsRecorder) else x for x in inputs]
+        if ufunc is np.matmul:
+            RowsRecorder.rows.append(plain[0].shape[0])
+        return getattr(ufunc, method)(*plain, **kwargs)
+
+
+def test_recompute_applies_the_lm_head_to_the_last_row_only():
+    """The recompute baseline runs a forward over its whole window per token but needs the last row's logits only:
+    the LM head multiplies one row per token, and the logits are those of the full forward's last row."""
+    m = tiny_model(seed=5)
+    ids = np.random.default_rng(5).integers(0, VOCAB, 12)
+    want = [m.forward(ids[max(0, t - 5):t + 1], m.new_cache())[-1] for t in range(12)]  # window 6, no sinks
+    m.lm_head = m.lm_head.view(RowsRecorder)
+    RowsRecorder.rows = []
+    got = m.forward(ids, m.new_cache(window=6, recompute=True))
+    assert RowsRecorder.rows == [1] * 12, RowsRecorder.rows
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-5)
