@@ -71,9 +71,8 @@ class Layer:
     """One decoder block's weights. q/k/v and gate/up are fused: one matrix product instead of three (or two),
     the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked.
 
-    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: NumPy asks
-    Linux for 2 MB pages on arrays of 4 MB and more, and decode, which reads every weight once per token, then takes
-    far fewer TLB misses (matrix-vector products about 15% faster here than on the default 4 kB pages).
+    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: one large
+    array gets 2 MB memory pages, which decode reads faster (docs/performance.md, "Memory pages").
     """
 
     input_layernorm: np.ndarray  # [d_model]
