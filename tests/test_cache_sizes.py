@@ -33,9 +33,9 @@ def test_a_cache_larger_than_memory_is_refused_up_front(model, kwargs):
 def test_the_check_uses_the_available_memory(model, monkeypatch):
     per_token = minisink.cache.kv_bytes_per_token(model.config)
     monkeypatch.setattr(minisink.cache, "available_memory", lambda: 100 * per_token)
-    model.new_cache(n_sink=4, window=96)  # exactly fits
-    with pytest.raises(CacheError, match="a sink cache of 4 \\+ 97 slots"):
-        model.new_cache(n_sink=4, window=97)
+    model.new_cache(n_sink=4, window=92)  # exactly fits: 4 + 92 slots and the sinks' working copy (4)
+    with pytest.raises(CacheError, match="a sink cache of 4 \\+ 93 slots"):
+        model.new_cache(n_sink=4, window=93)
 
 
 def test_the_full_cache_checks_before_it_grows(model, monkeypatch):
