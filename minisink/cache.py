@@ -243,24 +243,25 @@ class SinkCache:
         self.sink_rotation = rotation(-evicted, self.inv_freq) if evicted.any() else None
 
         # The chunk's first new_sinks tokens become sinks (written at once: those slots are never reused), the
-        # rest go to the window.
+        # rest go to the window. The ring fills its slots in order, so the tokens it holds are in slots
+        # S .. S + n_ring - 1: the ring block and its mask cover those, O(T x tokens held), however large W is.
         self.new_sinks = min(max(S - self.seen, 0), T)
         self.n_sinks = min(S, self.seen + T)
-        self.sink_mask = causal_mask(stream, np.arange(self.n_sinks))  # [T, n_sinks]; None once all are sinks
-        # The ring fills its slots in order, so the tokens it holds are in slots S .. S + n_ring - 1: the ring
-        # block and its mask cover those, O(T x tokens held), however large W is.
         self.n_ring = int((self.slot_token[S:] >= 0).sum())
-        ring_token = self.slot_token[S:S + self.n_ring]  # [n_ring]
-        self.ring_mask = additive_mask(stream[:, None] - ring_token[None, :] < W)  # [T, n_ring]
-        new_tokens = stream[self.new_sinks:]  # [T_window]
-        new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
-        self.new_mask = additive_mask(new_visible)  # [T, T_window]
         # A lone window token (decode) needs no block of its own: the ring slot it will take is empty, or holds
         # the oldest window token, W back, which neither it nor any later query can see. So `blocks` writes it
         # there at once, and the ring block covers it, every key visible: no mask, no copy at `end`.
         self.lone = S + self.write if T == 1 and not self.new_sinks else None
         if self.lone is not None:
-            self.n_ring, self.ring_mask = max(self.n_ring, self.write + 1), None
+            self.n_ring = max(self.n_ring, self.write + 1)
+            self.sink_mask = self.ring_mask = self.new_mask = None
+        else:
+            self.sink_mask = causal_mask(stream, np.arange(self.n_sinks))  # [T, n_sinks]; None if all visible
+            ring_token = self.slot_token[S:S + self.n_ring]  # [n_ring]
+            self.ring_mask = additive_mask(stream[:, None] - ring_token[None, :] < W)  # [T, n_ring]
+            new_tokens = stream[self.new_sinks:]  # [T_window]
+            new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
+            self.new_mask = additive_mask(new_visible)  # [T, T_window]
         # Once the ring is full, a lone query's sinks need not be a block of their own either: rotating the S sink
         # keys forward by `evicted` gives the scores of rotating the query back (RoPE scores depend only on the
         # distance), so their working copy after the ring (slots S+W..) is rotated from the sinks, never from
