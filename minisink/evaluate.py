@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import available_memory, kv_bytes_per_token
 from .model import PREFILL_CHUNK
 
 
@@ -94,23 +95,6 @@ def load_text_ids(tokenizer, text: str, n_tokens: int | None = None) -> np.ndarr
         if len(ids) >= n_tokens + 64 or chars >= len(text):
             return np.asarray(ids[:n_tokens], dtype=np.int64)
         chars *= 2
-
-
-def kv_bytes_per_token(config) -> int:
-    """Bytes of keys and values one token adds to a full cache: layers * 2 (K and V) * Hkv * D * 4 (float32)."""
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 4
-
-
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is no /proc)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def dense_token_limit(config, chunk: int = PREFILL_CHUNK, available: int | None = None) -> int | None:

@@ -20,15 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
+from .cache import Cache, CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
 from .config import LlamaConfig
-from .rope import apply_rope
+from .rope import Rotation, apply_rope
 from .weights import load_weights
 
 # Long inputs are fed in chunks of this many tokens, so score matrices stay small. Each query of a chunk sees the
 # cache plus the chunk, so a 512-token prompt fed as 2 x 256 computes 3/4 of the causal scores a single chunk
 # would (the upper-right quarter is never formed): about 15% faster overall, measured here.
 PREFILL_CHUNK = 256
+# Chunks longer than this many queries are attended in tiles (attention_in_tiles), so that the scores no query of
+# a tile sees (a fifth of a 256-token chunk's against a 4 + 1020 sink cache) are never formed.
+QUERY_TILE = 64
 
 
 class InputError(ValueError):
@@ -68,9 +71,8 @@ class Layer:
     """One decoder block's weights. q/k/v and gate/up are fused: one matrix product instead of three (or two),
     the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked.
 
-    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: NumPy asks
-    Linux for 2 MB pages on arrays of 4 MB and more, and decode, which reads every weight once per token, then takes
-    far fewer TLB misses (matrix-vector products about 15% faster here than on the default 4 kB pages).
+    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: one large
+    array gets 2 MB memory pages, which decode reads faster (docs/performance.md, "Memory pages").
     """
 
     input_layernorm: np.ndarray  # [d_model]
@@ -128,6 +130,8 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
     (a [G*T, D] array, not [G*T, L]: the same numbers, one pass less over the scores).
     """
     T, H, D = q.shape
+    if T > QUERY_TILE:  # a long chunk: tiles of queries, each skipping the keys none of its queries sees
+        return attention_in_tiles(q, blocks, n_kv_heads, with_probs)
     G = H // n_kv_heads
     q = q * np.float32(D ** -0.5)  # the 1/sqrt(D) score scale, applied once to the queries
     widths = [block.values.shape[1] for block in blocks]
@@ -150,6 +154,54 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
     out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)  # head h = kv * G + g
     probs = (weights / total).reshape(n_kv_heads, G, T, -1) if with_probs else None
     return out, probs
+
+
+def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
+                       with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """`attention`, QUERY_TILE queries at a time: the same numbers, without the scores no query sees.
+
+    A query's softmax involves only its own row of scores, so the queries can be taken in tiles. In a long chunk
+    many keys are hidden from a whole tile (the chunk's later tokens from its first queries; in a sink cache, the
+    ring's oldest tokens from its last ones): each block is cut, per tile, to the keys some query of the tile sees,
+    and split so that its mask is added only over the keys that some query of the tile does not see. Results are
+    written back in the full layout ([T, H * D]; probabilities [Hkv, G, T, sum of L], zero where masked)."""
+    T, H, D = q.shape
+    widths = [block.values.shape[1] for block in blocks]
+    out = np.empty((T, H * D), dtype=np.float32)
+    probs = np.zeros((n_kv_heads, H // n_kv_heads, T, sum(widths)), dtype=np.float32) if with_probs else None
+    for start in range(0, T, QUERY_TILE):
+        rows = slice(start, min(start + QUERY_TILE, T))
+        pieces = [(column + a, piece) for column, block in zip(accumulate(widths, initial=0), blocks)
+                  for a, piece in visible_pieces(block, rows)]  # (first column in the full layout, KVBlock)
+        out[rows], p = attention(q[rows], [piece for _, piece in pieces], n_kv_heads, with_probs)
+        if with_probs:
+            for (column, piece), start_p in zip(pieces, accumulate([pc.values.shape[1] for _, pc in pieces],
+                                                                   initial=0)):
+                L = piece.values.shape[1]
+                probs[:, :, rows, column:column + L] = p[:, :, :, start_p:start_p + L]
+    return out, probs
+
+
+def visible_pieces(block: KVBlock, rows: slice) -> list[tuple[int, KVBlock]]:
+    """The keys of `block` that some query in `rows` sees, as (first key, KVBlock for those queries) pieces: keys
+    every one of them sees (no mask), and the keys some of them do not see (the mask). Keys no query sees are left
+    out."""
+    rotation = block.query_rotation and Rotation(block.query_rotation.cos[rows], block.query_rotation.sin[rows])
+    if block.mask is None:
+        return [(0, KVBlock(block.keys, block.values, None, rotation))]
+    mask = block.mask[rows]  # [tile, L]
+    seen = np.flatnonzero((mask == 0).any(axis=0))  # keys some query sees
+    if not len(seen):
+        return []
+    first, last = seen[0], seen[-1] + 1
+    hidden = np.flatnonzero((mask[:, first:last] != 0).any(axis=0)) + first  # keys some query does not see
+    if not len(hidden):
+        spans = [(first, last, False)]
+    else:  # keys every query sees, then the span that needs the mask, then keys every query sees again
+        a, b = hidden[0], hidden[-1] + 1
+        spans = [(first, a, False), (a, b, True), (b, last, False)]
+    return [(a, KVBlock(block.keys[:, :, a:b], block.values[:, a:b], mask[:, a:b] if masked else None, rotation))
+            for a, b, masked in spans if b > a]
 
 
 class Llama:
@@ -177,13 +229,15 @@ class Llama:
             raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
         return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
 
-    def forward(self, token_ids, cache, attention_probs: list | None = None) -> np.ndarray:
+    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
         """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.
 
         Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
-        cache gives the same logits for any chunking. If `attention_probs` is a list, each layer's attention
-        probabilities [H, T_chunk, keys] are appended to it, chunk after chunk: layers x chunks arrays for an input
-        longer than PREFILL_CHUNK (keys in the cache's block order: see attention_maps.py, which takes one chunk).
+        cache gives the same logits for any chunking. Each chunk is committed whole or not at all: if a chunk
+        raises (or Ctrl-C), the cache holds exactly the chunks before it (the exception's note says how many
+        tokens). If `attention_probs` is a list, each layer's attention probabilities [H, T_chunk, keys] are appended
+        to it, chunk after chunk: layers x chunks arrays for an input longer than PREFILL_CHUNK (keys in the cache's
+        block order: see attention_maps.py, which takes one chunk).
         """
         token_ids = self._check_ids(token_ids)
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
@@ -191,16 +245,30 @@ class Llama:
         logits = np.empty((len(token_ids), len(self.lm_head)), dtype=np.float32)  # [T, V]
         for start in range(0, len(token_ids), PREFILL_CHUNK):
             rows = slice(start, start + PREFILL_CHUNK)
-            x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], final norm applied
+            try:
+                x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], normed
+            except BaseException as e:
+                if start:  # the earlier chunks were committed
+                    e.add_note(f"minisink: the cache holds the first {start} of these {len(token_ids)} tokens")
+                raise
             np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
         return logits
 
-    def forward_chunk(self, token_ids: np.ndarray, cache, attention_probs: list | None = None) -> np.ndarray:
+    def last_logits(self, token_ids, cache: Cache) -> np.ndarray:
+        """Logits [V] of the last of `token_ids` only, fed into `cache` as `forward` feeds them: the LM head (a
+        [V, d_model] product per row, the largest of the model) is applied to that one row. The recompute baseline
+        needs no more."""
+        token_ids = self._check_ids(token_ids)
+        for start in range(0, len(token_ids), PREFILL_CHUNK):
+            x = self.forward_chunk(token_ids[start:start + PREFILL_CHUNK], cache)  # [chunk, d_model]
+        return (x[-1:] @ self.lm_head.T)[0]  # [V]
+
+    def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
         """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
         `forward` multiplies them by the LM head."""
         c = self.config
         T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        rotation = cache.begin(T)  # the cache decides the new tokens' positions
+        rotation = cache.begin(T)  # the cache decides the new tokens' positions; nothing changes until `end`
         x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream, updated in place
         for n, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
@@ -217,7 +285,7 @@ class Llama:
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
             I = gate_up.shape[1] // 2
             x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
-        cache.end()
+        cache.end()  # commit: only now do the chunk's tokens join the cache
         return rms_norm(x, self.norm, c.rms_norm_eps)  # [T, d_model]
 
     def _check_ids(self, token_ids) -> np.ndarray:

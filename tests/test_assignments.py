@@ -88,7 +88,7 @@ MUTANTS = {
     "prefill without a causal mask": (2, "cache.py", "self.mask = causal_mask(positions[n:], positions)",
                                       "self.mask = None", "FullCache: any chunking"),
     "window one token short": (3, "cache.py", "stream[:, None] - ring_token[None, :] < W",
-                               "stream[:, None] - ring_token[None, :] < W - 1", "equals an explicit cache"),
+                               "stream[:, None] - ring_token[None, :] < W - 1", "equals the explicit cache"),
     "no renumbering": (4, "cache.py", "evicted = np.maximum(stream - (S + W - 1), 0) if self.renumber",
                        "evicted = np.maximum(stream - (S + W - 1), 0) if False", "positions within the cache"),
     "window one token long": (5, "banded.py", "(q - k < window)", "(q - k <= window)", "the plain rule"),

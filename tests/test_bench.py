@@ -11,7 +11,9 @@ from minisink import bench
 from minisink.cli import main
 from tiny import write_tiny_checkpoint
 
-FIGURES = ["load", "prefill, 512 tokens", "decode, short context", "memory floor", "decode / floor",
+FIGURES = ["decode, full 4+1020 sink cache / 16-token context", "its attention / reading its K, V once",
+           "chunked evaluator (4+1020, chunks of 256) / prefill", "decode, short context / memory floor",
+           "decode, full sink cache", "attention part", "load", "prefill, 512 tokens", "decode, short context", "memory floor", "decode / floor",
            "decode at ~1,100", "full cache, 1,024 cached", "sink speed / full", "recompute, window 1024",
            "recompute / sink", "token by token", "chunks of 128", "chunks of 256"]
 

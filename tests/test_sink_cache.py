@@ -192,7 +192,7 @@ def test_p4_retained_and_fixed_storage(stream):
     assert cache.retained().tolist() == []
     keys, values = cache.keys, cache.values
     shapes, nbytes = (keys.shape, values.shape), (keys.nbytes, values.nbytes)
-    assert keys.shape[-1] == S + W and values.shape[-2] == S + W
+    assert keys.shape[-1] == S + W + S and values.shape[-2] == S + W + S  # + the sinks' working copy for decode
     previous = [0]
 
     def check(cache, seen, probs):

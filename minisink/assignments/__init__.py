@@ -63,7 +63,9 @@ ASSIGNMENTS = {a.number: a for a in [
                "a3_ring_buffer",
                hints={"SinkCache.begin": "Once per chunk of T new tokens: plan which become sinks and which go to "
                       "the window, and what each query may see; return the rotation of the new tokens. Assignment 3 "
-                      "grades renumber=False (set self.sink_rotation = None); assignment 4 does the rest."}),
+                      "grades renumber=False (set self.sink_rotation = None); assignment 4 does the rest. The "
+                      "library's decode shortcuts (self.lone, self.sinks_after_ring) are optional: set them to "
+                      "None and False."}),
     Assignment(4, "positions within the cache", "04-cache-positions.md",
                {"cache.py": ["SinkCache.begin"]}, "a4_cache_positions",
                hints={"SinkCache.begin": "Your begin from assignment 3, now for renumber=True as well: "
