@@ -172,6 +172,40 @@ def bench_evaluator(model, single: int = 256, chunks: int = 3, sizes=EVALUATOR_C
     return out
 
 
+def bench_busy_machine(model, tokens: int = 64, rounds: int = 2) -> dict:
+    """Decode (short context, `generate` with its automatic BLAS thread choice, threads.py) beside one busy
+    process, a child spinning `while True: pass` for the duration, against the same decode with nothing beside it;
+    and, for comparison, busy with the BLAS's own default thread count fixed. Interleaved, medians of ms/token."""
+    import subprocess
+    import sys
+
+    from .generate import generate
+    from .threads import blas_threads
+
+    default = blas_threads()
+
+    def decode_ms(threads) -> float:
+        ids = prompt_ids(SHORT_PROMPT, model.config.vocab_size)
+        steps = generate(model, ids, model.new_cache(), tokens + 1, threads=threads)
+        next(steps)  # the prompt is in
+        start = time.perf_counter()
+        for _ in steps:
+            pass
+        return 1000 * (time.perf_counter() - start) / tokens
+
+    out = {"quiet": [], "busy": [], "busy_fixed": []}
+    for _ in range(rounds):
+        out["quiet"].append(decode_ms("auto"))
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            out["busy"].append(decode_ms("auto"))
+            out["busy_fixed"].append(decode_ms(default))
+        finally:
+            spinner.kill()
+            spinner.wait()
+    return {name: statistics.median(ms) for name, ms in out.items()} | {"default_threads": default}
+
+
 def print_transformers(path, m: dict):
     """transformers' figures and minisink's speed ratios to them: the targets are set against its eager model."""
     for attention in ("eager", "sdpa"):
@@ -211,6 +245,13 @@ def run_bench(path, quick: bool = False):
     print(f"full cache, ~2,000 cached {c['full_2000_ms']:7.2f} ms/token")
     print(f"recompute, window 1024    {c['recompute_1024_ms']:7.1f} ms/token")
     print(f"  recompute / sink        {c['recompute_1024_ms'] / c['sink_1100_ms']:7.1f} x        (target >= 20)")
+    b = bench_busy_machine(model)
+    print(f"\ndecode beside one busy process (a child spinning `while True: pass`), automatic BLAS threads")
+    print(f"  quiet                   {b['quiet']:7.2f} ms/token")
+    print(f"  busy                    {b['busy']:7.2f} ms/token")
+    print(f"  busy / quiet speed      {b['quiet'] / b['busy']:7.2f} x        (target >= 0.45)")
+    print(f"  busy, {b['default_threads']} threads fixed   {b['quiet'] / b['busy_fixed']:7.2f} x        "
+          "(the BLAS's default, for comparison)")
     e = bench_evaluator(model)
     print(f"\nevaluator, sink cache 4+1020 in steady state (stream_nll: the same NLLs either way)")
     print(f"  token by token          {e['token_ms']:7.2f} ms/token")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .threads import decode_threads
+
 
 class SamplingError(ValueError):
     """Sampling options out of range."""
@@ -58,20 +60,24 @@ class Sampler:
 
 
 def generate(model, prompt_ids, cache, max_new_tokens: int, sampler: Sampler | None = None,
-             stop_ids=()) -> Iterator[int]:
+             stop_ids=(), threads="auto") -> Iterator[int]:
     """Feed `prompt_ids` into `cache`, then yield up to `max_new_tokens` sampled ids, one forward per token.
 
     Stops after yielding a stop id; the stop id is not fed to the cache. Every other yielded token is fed before
     the next is sampled, so when the loop ends the cache holds the prompt and the whole output.
+    `threads`: BLAS threads for the decode steps ("auto": the faster of 1 and all, re-measured as the machine's
+    load changes; an int; None: as they are). It changes the speed, not the tokens (see threads.py).
     """
     sampler = sampler or Sampler()
     logits = model.forward(prompt_ids, cache)[-1]  # [V]: only the last prompt position predicts the next token
-    for _ in range(max_new_tokens):
-        token = sampler(logits)
-        yield token
-        if token in stop_ids:
-            return
-        logits = model.forward([token], cache)[-1]
+    with decode_threads(threads) as step:
+        for _ in range(max_new_tokens):
+            token = sampler(logits)
+            yield token
+            if token in stop_ids:
+                return
+            with step():
+                logits = model.forward([token], cache)[-1]
 
 
 class Chat:
@@ -81,9 +87,11 @@ class Chat:
     model keeps answering fluently, but what left the window is forgotten (StreamingLLM does not extend context).
     """
 
-    def __init__(self, model, tokenizer, cache, sampler: Sampler | None = None, system: str | None = None):
+    def __init__(self, model, tokenizer, cache, sampler: Sampler | None = None, system: str | None = None,
+                 threads="auto"):
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.sampler = sampler or Sampler()
+        self.threads = threads  # BLAS threads while decoding: see `generate`
         self.system = system
         self.turns = 0  # user turns so far
         self.fed = 0  # tokens streamed through the cache so far
@@ -108,7 +116,8 @@ class Chat:
         self.turns += 1
         self.fed += len(ids)
         decoder = self.tokenizer.stream_decoder()
-        for token in generate(self.model, ids, self.cache, max_new_tokens, self.sampler, self.stop_ids):
+        for token in generate(self.model, ids, self.cache, max_new_tokens, self.sampler, self.stop_ids,
+                              self.threads):
             if token in self.stop_ids:
                 break
             self.fed += 1
