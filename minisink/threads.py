@@ -22,6 +22,12 @@ from collections import deque
 from contextlib import contextmanager
 
 
+# A probe step this many times slower than the probe's fastest ends its thread count's probe. Probing costs the
+# steps run at the slower count, and under heavy load 2 threads ran 10x slower than 1 here (README, Speed); a
+# rarer hiccup that large costs one period on the wrong count.
+ABANDON = 3.0
+
+
 class ThreadChooser:
     """The decision alone, fed step times (so tests can feed it any timings): which thread count to run next.
 
@@ -45,6 +51,8 @@ class ThreadChooser:
         if self.plan:  # a probe step
             self.plan.popleft()
             self.times[threads].append(seconds)
+            if seconds > ABANDON * min(min(t) for t in self.times.values() if t):
+                self.plan = deque(n for n in self.plan if n != threads)  # clearly slower: no more steps of it
             if not self.plan:
                 self._decide()
         elif len(self.choices) > 1:

@@ -47,11 +47,19 @@ def test_a_busy_neighbour_switches_to_one_thread_within_a_period_and_back_when_i
 def test_one_noisy_probe_step_does_not_decide():
     """The median of the probe steps wins: one hiccup at 2 threads (a page fault, a time slice) is outvoted."""
     chooser = ThreadChooser([1, 2], probes=3)
-    times = iter([0.045, 0.500, 0.045, 0.030, 0.045, 0.030])  # probe order 1, 2, 1, 2, 1, 2; one 2-thread hiccup
+    times = iter([0.045, 0.080, 0.045, 0.030, 0.045, 0.030])  # probe order 1, 2, 1, 2, 1, 2; one 2-thread hiccup
     for _ in range(6):
         n = chooser.next_threads()
         chooser.record(n, next(times))
-    assert chooser.best == 2
+    assert chooser.best == 2 and not chooser.plan
+
+
+def test_a_far_slower_probe_step_ends_that_counts_probe():
+    """Heavy load: 2 threads 10x slower than 1 (measured here). One such step is enough; the probe's cost stays one
+    slow step instead of `probes` of them."""
+    chooser = ThreadChooser([1, 2], probes=3)
+    used = run(chooser, lambda i: {1: 0.17, 2: 1.70}, 5)
+    assert used == [1, 2, 1, 1, 1] and chooser.best == 1
 
 
 def test_a_fixed_count_never_probes():
