@@ -7,7 +7,9 @@ What it measures on a model folder (the default model unless told otherwise), ea
 - transformers' float32 Llama on the same weights, same threads, same prompt (when transformers is installed), with
   its eager attention (`attn_implementation="eager"`, the baseline of the targets) and with SDPA (its default);
 - the sink cache (4 + 1020) at stream positions ~1,100 and ~20,000, the full cache at the same number of cached
-  tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream.
+  tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream;
+- decode beside one busy process (a child spinning in a loop) against quiet, with the automatic choice of BLAS
+  threads (threads.py), and with the BLAS's default thread count fixed for comparison.
 What it does not: assert anything. Targets are printed beside the figures; tests check correctness, not speed.
 """
 
@@ -172,6 +174,11 @@ def bench_evaluator(model, single: int = 256, chunks: int = 3, sizes=EVALUATOR_C
     return out
 
 
+# The busy neighbour: `while True: pass`, checking every million turns that its parent is alive, so that it does not
+# outlive a bench that is killed.
+SPINNER = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(10**6): pass\n"
+
+
 def bench_busy_machine(model, tokens: int = 64, rounds: int = 2) -> dict:
     """Decode (short context, `generate` with its automatic BLAS thread choice, threads.py) beside one busy
     process, a child spinning `while True: pass` for the duration, against the same decode with nothing beside it;
@@ -196,7 +203,7 @@ def bench_busy_machine(model, tokens: int = 64, rounds: int = 2) -> dict:
     out = {"quiet": [], "busy": [], "busy_fixed": []}
     for _ in range(rounds):
         out["quiet"].append(decode_ms("auto"))
-        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        spinner = subprocess.Popen([sys.executable, "-c", SPINNER])
         try:
             out["busy"].append(decode_ms("auto"))
             out["busy_fixed"].append(decode_ms(default))
