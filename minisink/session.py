@@ -29,9 +29,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import weakref
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +52,15 @@ _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def weights_sha256(model) -> str:
-    """sha256 over every weight array of `model` (embedding, each layer's fields in order, final norm, LM head)."""
+    """sha256 over every array of `model` and of its layers (by attribute name: name, dtype, shape, bytes)."""
     if model not in _fingerprints:
-        digest = hashlib.sha256()
-        arrays = [model.embed_tokens]
-        for layer in model.layers:
-            arrays += [a for a in vars(layer).values() if isinstance(a, np.ndarray)]  # absent biases are None
-        for array in arrays + [model.norm, model.lm_head]:
-            digest.update(np.ascontiguousarray(array, dtype=np.float32).data)
+        digest, seen = hashlib.sha256(), set()
+        for owner in [model, *model.layers]:
+            for name, array in sorted(vars(owner).items()):
+                if isinstance(array, np.ndarray) and id(array) not in seen:  # a tied LM head is hashed once
+                    seen.add(id(array))
+                    digest.update(f"{name} {array.dtype} {array.shape};".encode())
+                    digest.update(np.ascontiguousarray(array).data)
         _fingerprints[model] = digest.hexdigest()
     return _fingerprints[model]
 
@@ -118,7 +121,8 @@ def load(path, model):
             arrays = {name: read_array(z, name, dtype, shape, path) for name, (dtype, shape) in shapes.items()}
     except SessionError:
         raise
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError) as e:  # zlib/CRC errors included
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError, NotImplementedError,
+            RecursionError) as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
         raise SessionError(f"{path} is not a readable session file ({type(e).__name__}: {e}): it is damaged or "
                            "not a session; delete it (or pick another file) to start a new session") from e
     check_arrays(header["cache"]["kind"], counters, arrays, path)
@@ -183,7 +187,7 @@ def expected_arrays(cache: dict, config, path: Path):
 
 def read_array(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple, path: Path) -> np.ndarray:
     info = z.getinfo(f"{name}.npy")
-    nbytes = dtype.itemsize * int(np.prod(shape))
+    nbytes = dtype.itemsize * math.prod(shape)  # Python ints: a huge shape cannot overflow
     if not nbytes <= info.file_size <= nbytes + 4096:  # checked before allocating: a header cannot ask for 8 GB
         raise SessionError(f"{path}: array '{name}' is {info.file_size} bytes, not the {nbytes} (+ header) that "
                            f"{shape} {dtype} take")
@@ -195,12 +199,14 @@ def read_npy(f, path: Path, name: str, dtype: np.dtype, shape: tuple | None) -> 
     """One .npy member, read by hand: its header must say exactly `dtype` and `shape` (any 1-D length if None)
     before a byte of data is read. np.lib.format parses the header with ast.literal_eval (no code runs)."""
     version = np.lib.format.read_magic(f)
+    if version not in [(1, 0), (2, 0)]:
+        raise SessionError(f"{path}: array '{name}' has .npy version {version}, not 1.0 or 2.0")
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     got_shape, fortran, got_dtype = read(f, max_header_size=4096)
     if got_dtype != dtype or fortran or (got_shape != shape if shape is not None else len(got_shape) != 1):
         raise SessionError(f"{path}: array '{name}' is {got_dtype} {got_shape}, expected {dtype} "
                            f"{shape if shape is not None else '(n,)'}")
-    nbytes = dtype.itemsize * int(np.prod(got_shape))
+    nbytes = dtype.itemsize * math.prod(got_shape)
     data = f.read(nbytes + 1)  # read to the end, so that zipfile checks the member's CRC-32
     if len(data) != nbytes:
         raise SessionError(f"{path}: array '{name}' holds {len(data)} bytes of data, expected {nbytes}")

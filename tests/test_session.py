@@ -171,6 +171,17 @@ def test_wrong_contents_are_refused(saved, edit, message):
     refused(path, model, message)
 
 
+@pytest.mark.parametrize("header", [b"[" * 200_000, b"\xff\xfe", b"[1, 2]", b"{}", b"x" * (2 << 20)],
+                         ids=["deep", "not-utf8", "a-list", "empty", "huge"])
+def test_malformed_headers_are_refused(saved, header):
+    model, _, path = saved
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "header"}
+    with open(path, "wb") as f:
+        np.savez(f, header=np.frombuffer(header, dtype=np.uint8), **arrays)
+    refused(path, model, "session")
+
+
 def test_truncated_and_corrupt_files_are_refused(saved):
     model, _, path = saved
     good = path.read_bytes()
