@@ -4,8 +4,9 @@ What it does: `save(path, model, cache)` writes everything a cache holds (for th
 and values and a few counters, a file of constant size however long the stream) and `load(path, model)` rebuilds
 the cache, which then gives exactly the logits the saved one would have given. `save_chat` / `load_chat` do the
 same for a `generate.Chat` (its cache plus the turn counters and the sampler's random state), which is what
-`minisink chat --session FILE` calls after every turn. This is the paper's persistent chatbot (Xiao et al. 2024,
-Sec. 1): with a sink cache the state to keep between two turns never grows.
+`minisink chat --session FILE` calls after every turn. This is the persistent chatbot that StreamingLLM makes
+possible (Xiao et al. 2024, streaming multi-round dialogue): with a sink cache the state kept between two turns
+never grows.
 
 The file is a plain NumPy `.npz` (a zip of `.npy` arrays, readable with `np.load`): `header` holds UTF-8 JSON (the
 format and its version, the model's identity, the cache's counters, the caller's own state), the other members
@@ -19,7 +20,8 @@ the saved keys and values depend on, whatever file format the weights came from:
 one quantized differently, is refused.
 
 Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
-renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one.
+renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one (and,
+if it struck mid-save, the temporary `.NAME.tmp-PID` beside it, safe to delete).
 What it does not: save `RecomputeWindow` (it holds token ids, not state worth a format) or the eviction caches.
 """
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os

@@ -194,7 +194,7 @@ def test_truncated_and_corrupt_files_are_refused(saved):
     refused(path, model, "CRC|not a readable")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture's file is only read
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])  # its file is only read
 @given(data=st.data())
 def test_fuzzed_files_are_refused_or_load_exactly(saved, data):
     """Random byte flips, truncations and insertions: a SessionError, or the very state that was saved."""
