@@ -38,7 +38,7 @@ class ThreadChooser:
     def __init__(self, choices, probes: int = 2, period: int = 64, max_period: int = 1024):
         self.choices = sorted(set(choices))  # e.g. [1, 2] on a 2-core machine
         self.probes, self.first_period, self.max_period = probes, period, max_period
-        self.best = self.choices[-1]  # until measured: the BLAS's own default, all threads
+        self.best = self.choices[0] if len(self.choices) == 1 else None  # None: not measured yet
         self.period = period  # steps to run on `best` before the next probe
         self.plan: deque[int] = deque(self.choices * probes if len(self.choices) > 1 else [])  # steps of a probe
         self.times: dict[int, list[float]] = {n: [] for n in self.choices}

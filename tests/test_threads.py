@@ -27,7 +27,7 @@ def test_quiet_keeps_two_threads_and_probes_less_and_less():
     chooser = ThreadChooser([1, 2])
     used = run(chooser, lambda i: QUIET, 5000)
     assert used[:4] == [1, 2, 1, 2]  # the first probe, interleaved
-    assert set(used[4:68]) == {2}  # then 64 steps on the faster
+    assert set(used[4:68]) == {2} and used[68:72] == [1, 2, 1, 2]  # then 64 steps on the faster, a probe
     assert chooser.period == 1024  # steady: the period doubled up to its cap
     assert used[-2000:].count(1) <= 2 * 2  # at most two probes' worth of 1-thread steps in the last 2000
 
