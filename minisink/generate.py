@@ -3,7 +3,8 @@
 What it does: greedy, temperature, top-k and top-p (nucleus) sampling with a seeded generator; `generate` feeds a
 prompt and yields new token ids one at a time; `Chat` keeps one cache for a whole conversation, appending each turn
 and never re-reading the history (with a sink cache it can go on forever in constant memory: the paper's
-persistent chatbot). What it does not: beam search, batching, repetition penalties.
+persistent chatbot; session.py saves and resumes one across restarts). The decode loop runs on the faster BLAS
+thread count of the moment (threads.py). What it does not: beam search, batching, repetition penalties.
 """
 
 from __future__ import annotations
