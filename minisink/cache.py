@@ -192,6 +192,19 @@ class FullCache:
         """Stream indices (0 = first token fed) of the tokens held: all of them."""
         return np.arange(self.length)
 
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(counters, arrays): what a session file stores (minisink/session.py), the tokens held and no spare room."""
+        n = self.length
+        return ({"length": n, "position_offset": self.position_offset},
+                {"keys": self.keys[..., :n], "values": self.values[:, :, :n]})
+
+    @classmethod
+    def from_state(cls, config: LlamaConfig, counters: dict, arrays: dict[str, np.ndarray]) -> "FullCache":
+        """The inverse of `state`. session.load checks every count, dtype and shape against the config first."""
+        cache = cls(config, counters["position_offset"])
+        cache.keys, cache.values, cache.length = arrays["keys"], arrays["values"], counters["length"]
+        return cache
+
 
 class SinkCache:
     """StreamingLLM's cache: S pinned sink tokens + a ring buffer of the W most recent tokens.
@@ -325,6 +338,23 @@ class SinkCache:
         """Stream indices of the tokens held (the first S and the last W), in stream order."""
         held = self.slot_token[self.slot_token >= 0]
         return np.sort(held)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(counters, arrays): what a session file stores (minisink/session.py); its size never grows. The S + W
+        slots only: the sinks' working copy after them is rebuilt by every decode `begin`."""
+        slots = self.n_sink + self.window
+        return ({"n_sink": self.n_sink, "window": self.window, "renumber": self.renumber,
+                 "position_offset": self.position_offset, "seen": self.seen, "write": self.write},
+                {"keys": self.keys[..., :slots], "values": self.values[:, :, :slots], "slot_token": self.slot_token})
+
+    @classmethod
+    def from_state(cls, config: LlamaConfig, counters: dict, arrays: dict[str, np.ndarray]) -> "SinkCache":
+        """The inverse of `state`. session.load checks every count, dtype and shape against the config first."""
+        cache = cls(config, counters["n_sink"], counters["window"], counters["renumber"], counters["position_offset"])
+        cache.seen, cache.write, cache.slot_token = counters["seen"], counters["write"], arrays["slot_token"]
+        slots = cache.n_sink + cache.window
+        cache.keys[..., :slots], cache.values[:, :, :slots] = arrays["keys"], arrays["values"]
+        return cache
 
 
 class RecomputeWindow:

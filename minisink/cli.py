@@ -4,6 +4,7 @@
     minisink generate --chat "What is the capital of France?"  one chat turn
     minisink generate --sinks 4 --window 1020 --max-new-tokens 100000 "..."   stream forever in constant memory
     minisink chat                                              multi-turn chat through a sink cache (stdin works)
+    minisink chat --session talk.npz                           the same, saved after every turn, resumed next time
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +52,15 @@ def make_cache(model, args, default_sinks=None, default_window=None):
     if window is None:
         return model.new_cache()
     return model.new_cache(n_sink=sinks or 0, window=window)
+
+
+def threads_option(text: str):
+    """--threads: "auto" or a number of BLAS threads >= 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads >= 1, got {text!r}")
+    return int(text)
 
 
 def make_sampler(args):
@@ -114,7 +125,7 @@ def cmd_generate(args):
     stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
-    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop):
+    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop, args.threads):
         if token in stop:
             break
         sys.stdout.write(decoder.step(token))
@@ -125,15 +136,15 @@ def cmd_generate(args):
 
 
 def cmd_chat(args):
-    from .generate import Chat
+    from . import session
 
     if sys.stdin is None or sys.stdin.closed:
         raise SystemExit("error: chat reads the conversation from stdin, which is closed: run it in a terminal, "
                          "or pipe the turns in, one per line")
     sampler = make_sampler(args)
     model, tok = load(args)
-    cache = make_cache(model, args, default_sinks=4, default_window=1020)
-    chat = Chat(model, tok, cache, sampler, system=args.system)
+    chat = start_chat(model, tok, args, sampler)
+    cache = chat.cache
     interactive = sys.stdin.isatty()
     if interactive:
         print("minisink chat: an empty line or Ctrl-D quits.", file=sys.stderr)
@@ -151,9 +162,35 @@ def cmd_chat(args):
             sys.stdout.flush()
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if args.session:
+            session.save_chat(args.session, chat)
         if args.progress or interactive:
             held = len(cache.retained())
             print(f"[turn {chat.turns} | {chat.fed} tokens streamed | cache holds {held}]", file=sys.stderr)
+
+
+def start_chat(model, tok, args, sampler):
+    """A new chat, or with --session FILE an existing one resumed from FILE (a new one if FILE does not exist)."""
+    from . import session
+    from .generate import Chat
+
+    path = Path(args.session) if args.session else None
+    if path is None or not path.exists():
+        if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+            raise SystemExit(f"error: cannot write the session {path}: {path.parent} is not a writable folder")
+        cache = make_cache(model, args, default_sinks=4, default_window=1020)
+        return Chat(model, tok, cache, sampler, system=args.system, threads=args.threads)
+    chat = session.load_chat(path, model, tok, sampler)
+    chat.threads = args.threads
+    sizes = (getattr(chat.cache, "n_sink", None), getattr(chat.cache, "window", None))
+    for flag, given, saved in [("--sinks", args.sinks, sizes[0]), ("--window", args.window, sizes[1])]:
+        if given is not None and given != saved:
+            raise SystemExit(f"error: {path} holds a cache with {flag[2:]} {saved}, not {given}: drop {flag} "
+                             "(a session keeps its cache), or give another --session file")
+    if args.system is not None:
+        raise SystemExit(f"error: --system only applies when a session starts, and {path} already exists")
+    print(f"minisink chat: resumed {path} (turn {chat.turns}, {chat.fed} tokens streamed)", file=sys.stderr)
+    return chat
 
 
 def cmd_bench(args):
@@ -348,6 +385,9 @@ def add_sampling_options(p, max_new_tokens=256):
     p.add_argument("--seed", type=int_at_least(0), help="seed for sampling (needs --temperature)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress line on stderr (default: when stderr is a terminal)")
+    p.add_argument("--threads", type=threads_option, default="auto",
+                   help="BLAS threads while decoding: auto (the default) times 1 and all threads now and then and "
+                        "keeps the faster, so a busy machine does not stall decode; or a fixed number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, sinks_help="pinned sink tokens (default 4, window 1020)")
     add_sampling_options(p)
     p.add_argument("--system", help="a system message (default: the model's own)")
+    p.add_argument("--session", metavar="FILE",
+                   help="save the conversation to FILE after every turn and resume it from FILE if it exists "
+                        "(constant size with a sink cache: keys and values of S + W tokens and a few counters)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("bench", help="prefill/decode speed, the memory floor, sink vs full vs recompute")
@@ -437,11 +480,13 @@ def main(argv=None) -> int:
     from . import CacheError, ConfigError, InputError, WeightsError
     from .fetch import FetchError
     from .generate import SamplingError
+    from .session import SessionError
     from .tokenizer import TokenizerError
 
     try:
         args.func(args)
-    except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError, FetchError) as e:
+    except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError, FetchError,
+            SessionError) as e:
         print(f"minisink: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:

@@ -3,7 +3,8 @@
 What it does: greedy, temperature, top-k and top-p (nucleus) sampling with a seeded generator; `generate` feeds a
 prompt and yields new token ids one at a time; `Chat` keeps one cache for a whole conversation, appending each turn
 and never re-reading the history (with a sink cache it can go on forever in constant memory: the paper's
-persistent chatbot). What it does not: beam search, batching, repetition penalties.
+persistent chatbot; session.py saves and resumes one across restarts). The decode loop runs on the faster BLAS
+thread count of the moment (threads.py). What it does not: beam search, batching, repetition penalties.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .threads import decode_threads
 
 
 class SamplingError(ValueError):
@@ -58,20 +61,24 @@ class Sampler:
 
 
 def generate(model, prompt_ids, cache, max_new_tokens: int, sampler: Sampler | None = None,
-             stop_ids=()) -> Iterator[int]:
+             stop_ids=(), threads="auto") -> Iterator[int]:
     """Feed `prompt_ids` into `cache`, then yield up to `max_new_tokens` sampled ids, one forward per token.
 
     Stops after yielding a stop id; the stop id is not fed to the cache. Every other yielded token is fed before
     the next is sampled, so when the loop ends the cache holds the prompt and the whole output.
+    `threads`: BLAS threads for the decode steps ("auto": the faster of 1 and all, re-measured as the machine's
+    load changes; an int; None: as they are). It changes the speed, not the tokens (see threads.py).
     """
     sampler = sampler or Sampler()
     logits = model.forward(prompt_ids, cache)[-1]  # [V]: only the last prompt position predicts the next token
-    for _ in range(max_new_tokens):
-        token = sampler(logits)
-        yield token
-        if token in stop_ids:
-            return
-        logits = model.forward([token], cache)[-1]
+    with decode_threads(threads) as step:
+        for _ in range(max_new_tokens):
+            token = sampler(logits)
+            yield token
+            if token in stop_ids:
+                return
+            with step():
+                logits = model.forward([token], cache)[-1]
 
 
 class Chat:
@@ -81,9 +88,11 @@ class Chat:
     model keeps answering fluently, but what left the window is forgotten (StreamingLLM does not extend context).
     """
 
-    def __init__(self, model, tokenizer, cache, sampler: Sampler | None = None, system: str | None = None):
+    def __init__(self, model, tokenizer, cache, sampler: Sampler | None = None, system: str | None = None,
+                 threads="auto"):
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.sampler = sampler or Sampler()
+        self.threads = threads  # BLAS threads while decoding: see `generate`
         self.system = system
         self.turns = 0  # user turns so far
         self.fed = 0  # tokens streamed through the cache so far
@@ -108,7 +117,8 @@ class Chat:
         self.turns += 1
         self.fed += len(ids)
         decoder = self.tokenizer.stream_decoder()
-        for token in generate(self.model, ids, self.cache, max_new_tokens, self.sampler, self.stop_ids):
+        for token in generate(self.model, ids, self.cache, max_new_tokens, self.sampler, self.stop_ids,
+                              self.threads):
             if token in self.stop_ids:
                 break
             self.fed += 1

@@ -1,0 +1,260 @@
+"""Persistent sessions: a cache's state in a file, so one conversation goes on across restarts.
+
+What it does: `save(path, model, cache)` writes everything a cache holds (for the sink cache: S + W tokens of keys
+and values and a few counters, a file of constant size however long the stream) and `load(path, model)` rebuilds
+the cache, which then gives exactly the logits the saved one would have given. `save_chat` / `load_chat` do the
+same for a `generate.Chat` (its cache plus the turn counters and the sampler's random state), which is what
+`minisink chat --session FILE` calls after every turn. This is the persistent chatbot that StreamingLLM makes
+possible (Xiao et al. 2024, streaming multi-round dialogue): with a sink cache the state kept between two turns
+never grows.
+
+The file is a plain NumPy `.npz` (a zip of `.npy` arrays, readable with `np.load`): `header` holds UTF-8 JSON (the
+format and its version, the model's identity, the cache's counters, the caller's own state), the other members
+are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (it reads each `.npy` header
+itself and refuses any dtype or shape but the ones the model's config implies, before reading the data), and a
+zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file and the fix.
+
+The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
+forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what
+the saved keys and values depend on, whatever file format the weights came from: another checkpoint, or the same
+one quantized differently, is refused.
+
+Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
+renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one (and,
+if it struck mid-save, the temporary `.NAME.tmp-PID` beside it, safe to delete).
+What it does not: save `RecomputeWindow` (it holds token ids, not state worth a format) or the eviction caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import weakref
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .cache import FullCache, SinkCache
+
+FORMAT, VERSION = "minisink-session", 1
+MAX_HEADER_BYTES = 1 << 20  # the JSON header is a few kB; anything bigger is not ours
+
+
+class SessionError(ValueError):
+    """A session file that cannot be resumed with this model (another model, another version, damaged)."""
+
+
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every array of `model` and of its layers (by attribute name: name, dtype, shape, bytes)."""
+    if model not in _fingerprints:
+        digest, seen = hashlib.sha256(), set()
+        for owner in [model, *model.layers]:
+            for name, array in sorted(vars(owner).items()):
+                if isinstance(array, np.ndarray) and id(array) not in seen:  # a tied LM head is hashed once
+                    seen.add(id(array))
+                    digest.update(f"{name} {array.dtype} {array.shape};".encode())
+                    digest.update(np.ascontiguousarray(array).data)
+        _fingerprints[model] = digest.hexdigest()
+    return _fingerprints[model]
+
+
+def model_identity(model) -> dict:
+    """What a session is only valid with: the config (as JSON would hold it) and the weights' sha256."""
+    config = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples -> lists, as they come back
+    return {"config": config, "weights_sha256": weights_sha256(model)}
+
+
+# ---- save ----------------------------------------------------------------------------------------------------
+
+def save(path, model, cache, extra: dict | None = None) -> Path:
+    """Write `cache` (a SinkCache or FullCache fed by `model`) and the JSON-able dict `extra` to `path`, atomically."""
+    if not isinstance(cache, (SinkCache, FullCache)):
+        raise SessionError(f"only a SinkCache or a FullCache can be saved, not a {type(cache).__name__}")
+    counters, arrays = cache.state()
+    header = {"format": FORMAT, "version": VERSION, "model": model_identity(model),
+              "cache": {"kind": type(cache).__name__, **counters}, "extra": extra or {}}
+    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)  # [bytes] the header as an array
+    return write_atomic(Path(path), {"header": blob, **arrays})
+
+
+def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """np.savez to a temporary sibling, fsync, rename over `path`, fsync the folder (so the rename is durable)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+    except OSError as e:
+        raise SessionError(f"cannot write the session {path}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return path
+
+
+# ---- load ----------------------------------------------------------------------------------------------------
+
+def load(path, model):
+    """Read a session written by `save` -> (cache, extra). Refuses, with a SessionError, a file from another
+    model or another format version, and a damaged one; the file itself is only read."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            header = read_header(z, path)
+            check_identity(header, model, path)
+            counters, shapes = expected_arrays(header["cache"], model.config, path)
+            if set(z.namelist()) != {"header.npy"} | {f"{name}.npy" for name in shapes}:
+                raise SessionError(f"{path} holds {sorted(z.namelist())}, not a {header['cache']['kind']}'s arrays")
+            arrays = {name: read_array(z, name, dtype, shape, path) for name, (dtype, shape) in shapes.items()}
+    except SessionError:
+        raise
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError, NotImplementedError,
+            RecursionError) as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
+        raise SessionError(f"{path} is not a readable session file ({type(e).__name__}: {e}): it is damaged or "
+                           "not a session; delete it (or pick another file) to start a new session") from e
+    check_arrays(header["cache"]["kind"], counters, arrays, path)
+    kind = SinkCache if header["cache"]["kind"] == "SinkCache" else FullCache
+    return kind.from_state(model.config, counters, arrays), header["extra"]
+
+
+def read_header(z: zipfile.ZipFile, path: Path) -> dict:
+    info = z.getinfo("header.npy")  # KeyError -> not a session
+    if info.file_size > MAX_HEADER_BYTES:
+        raise SessionError(f"{path}: a {info.file_size}-byte header is not a session header")
+    with z.open(info) as f:
+        blob = read_npy(f, path, "header", np.dtype(np.uint8), None)
+    header = json.loads(blob.tobytes().decode("utf-8"))
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise SessionError(f"{path} is not a minisink session (no '{FORMAT}' header)")
+    if header.get("version") != VERSION:
+        raise SessionError(f"{path} is a session of format version {header.get('version')!r}; this minisink reads "
+                           f"version {VERSION}: start a new session (or use the minisink that wrote it)")
+    if not (isinstance(header.get("cache"), dict) and isinstance(header.get("extra"), dict)):
+        raise SessionError(f"{path}: the header lacks its 'cache' or 'extra' object")
+    return header
+
+
+def check_identity(header: dict, model, path: Path):
+    saved, ours = header.get("model"), model_identity(model)
+    if not isinstance(saved, dict) or saved.get("config") != ours["config"]:
+        raise SessionError(f"{path} was saved with a model of another config; resume it with the model that "
+                           "wrote it, or start a new session")
+    if saved.get("weights_sha256") != ours["weights_sha256"]:
+        raise SessionError(f"{path} was saved with other weights (sha256 {str(saved.get('weights_sha256'))[:12]}..., "
+                           f"this model's {ours['weights_sha256'][:12]}...); resume it with the model that wrote it, "
+                           "or start a new session")
+
+
+def _int(counters: dict, name: str, low: int, path: Path) -> int:
+    value = counters.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 2**53:
+        raise SessionError(f"{path}: cache counter '{name}' = {value!r} is not an integer in [{low}, 2**53)")
+    return value
+
+
+def expected_arrays(cache: dict, config, path: Path):
+    """The header's counters, checked -> (counters, {array name: (dtype, shape)}) that the config implies."""
+    layers, Hkv, D = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    f32, i64 = np.dtype("<f4"), np.dtype("<i8")
+    if cache.get("kind") == "SinkCache":
+        counters = {name: _int(cache, name, low, path) for name, low in
+                    [("n_sink", 0), ("window", 1), ("position_offset", 0), ("seen", 0), ("write", 0)]}
+        if not isinstance(cache.get("renumber"), bool):
+            raise SessionError(f"{path}: cache field 'renumber' must be true or false")
+        counters["renumber"] = cache["renumber"]
+        slots = counters["n_sink"] + counters["window"]
+        return counters, {"keys": (f32, (layers, Hkv, D, slots)), "values": (f32, (layers, Hkv, slots, D)),
+                          "slot_token": (i64, (slots,))}
+    if cache.get("kind") == "FullCache":
+        counters = {name: _int(cache, name, 0, path) for name in ("length", "position_offset")}
+        n = counters["length"]
+        return counters, {"keys": (f32, (layers, Hkv, D, n)), "values": (f32, (layers, Hkv, n, D))}
+    raise SessionError(f"{path}: unknown cache kind {cache.get('kind')!r} (SinkCache or FullCache)")
+
+
+def read_array(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple, path: Path) -> np.ndarray:
+    info = z.getinfo(f"{name}.npy")
+    nbytes = dtype.itemsize * math.prod(shape)  # Python ints: a huge shape cannot overflow
+    if not nbytes <= info.file_size <= nbytes + 4096:  # checked before allocating: a header cannot ask for 8 GB
+        raise SessionError(f"{path}: array '{name}' is {info.file_size} bytes, not the {nbytes} (+ header) that "
+                           f"{shape} {dtype} take")
+    with z.open(info) as f:
+        return read_npy(f, path, name, dtype, shape)
+
+
+def read_npy(f, path: Path, name: str, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
+    """One .npy member, read by hand: its header must say exactly `dtype` and `shape` (any 1-D length if None)
+    before a byte of data is read. np.lib.format parses the header with ast.literal_eval (no code runs)."""
+    version = np.lib.format.read_magic(f)
+    if version not in [(1, 0), (2, 0)]:
+        raise SessionError(f"{path}: array '{name}' has .npy version {version}, not 1.0 or 2.0")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    got_shape, fortran, got_dtype = read(f, max_header_size=4096)
+    if got_dtype != dtype or fortran or (got_shape != shape if shape is not None else len(got_shape) != 1):
+        raise SessionError(f"{path}: array '{name}' is {got_dtype} {got_shape}, expected {dtype} "
+                           f"{shape if shape is not None else '(n,)'}")
+    nbytes = dtype.itemsize * math.prod(got_shape)
+    data = f.read(nbytes + 1)  # read to the end, so that zipfile checks the member's CRC-32
+    if len(data) != nbytes:
+        raise SessionError(f"{path}: array '{name}' holds {len(data)} bytes of data, expected {nbytes}")
+    return np.frombuffer(data, dtype=dtype).reshape(got_shape).copy()  # a writable array of our own
+
+
+def check_arrays(kind: str, counters: dict, arrays: dict, path: Path):
+    """Values the shapes cannot vouch for: finite keys and values; for the ring buffer, `slot_token` exactly as
+    `seen` tokens fed through it (the last one written at `write - 1`) would leave it."""
+    for name in ("keys", "values"):
+        if not np.isfinite(arrays[name]).all():
+            raise SessionError(f"{path}: array '{name}' holds NaN or infinite values")
+    if kind != "SinkCache":
+        return
+    S, W, seen, write = counters["n_sink"], counters["window"], counters["seen"], counters["write"]
+    expected = np.full(S + W, -1, dtype=np.int64)  # [S + W] stream index held by each slot
+    expected[:min(S, seen)] = np.arange(min(S, seen))
+    window_tokens = max(0, seen - S)  # tokens that went to the ring so far
+    newest = np.arange(min(window_tokens, W))  # 0 = the newest
+    expected[S + (write - 1 - newest) % W] = seen - 1 - newest
+    if write >= W or (window_tokens < W and write != window_tokens) or not np.array_equal(arrays["slot_token"],
+                                                                                             expected):
+        raise SessionError(f"{path}: the ring buffer's slots (slot_token, write={write}) do not match the "
+                           f"{seen} tokens it says it has seen")
+
+
+# ---- a chat ----------------------------------------------------------------------------------------------------
+
+def save_chat(path, chat) -> Path:
+    """Save a `generate.Chat` after a turn: its cache, its turn counters, its sampler's random state."""
+    state = {"turns": chat.turns, "fed": chat.fed, "rng": chat.sampler.rng.bit_generator.state}
+    return save(path, chat.model, chat.cache, {"chat": state})
+
+
+def load_chat(path, model, tokenizer, sampler=None):
+    """The `generate.Chat` that `save_chat` saved, ready for its next turn (sampling settings are the caller's;
+    the random state is the file's, so a seeded conversation goes on as if it had never stopped)."""
+    from .generate import Chat, Sampler
+
+    cache, extra = load(path, model)
+    state = extra.get("chat")
+    chat = Chat(model, tokenizer, cache, sampler or Sampler())
+    try:
+        chat.turns, chat.fed = (int(state[k]) for k in ("turns", "fed"))
+        chat.sampler.rng.bit_generator.state = state["rng"]
+    except (TypeError, KeyError, ValueError) as e:
+        raise SessionError(f"{path}: the chat state in its header is damaged ({e}); start a new session") from e
+    if chat.turns < 0 or chat.fed < 0:
+        raise SessionError(f"{path}: the chat state says {chat.turns} turns and {chat.fed} tokens; start a new session")
+    return chat
