@@ -341,7 +341,7 @@ class SinkCache:
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(counters, arrays): what a session file stores (minisink/session.py); its size never grows. The S + W
-        slots only: the sinks' working copy after them is rebuilt by every decode `begin`."""
+        slots only: the sinks' working copy after them is derived from the sinks (see `from_state`)."""
         slots = self.n_sink + self.window
         return ({"n_sink": self.n_sink, "window": self.window, "renumber": self.renumber,
                  "position_offset": self.position_offset, "seen": self.seen, "write": self.write},
@@ -354,7 +354,8 @@ class SinkCache:
         cache.seen, cache.write, cache.slot_token = counters["seen"], counters["write"], arrays["slot_token"]
         slots = cache.n_sink + cache.window
         cache.keys[..., :slots], cache.values[:, :, :slots] = arrays["keys"], arrays["values"]
-        return cache
+        cache.values[:, :, slots:] = arrays["values"][:, :, :cache.n_sink]  # the working copy's values; decode's
+        return cache                                                         # `begin` rotates its keys afresh
 
 
 class RecomputeWindow:
