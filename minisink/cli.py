@@ -282,6 +282,39 @@ def cmd_attn(args):
         except ImportError as e:
             raise SystemExit(f"error: {e}")
         print(f"wrote {maps} and {heat}")
+    if args.sink_metric or args.massive:
+        anatomy_reports(model, tok, ids, args)
+
+
+def anatomy_reports(model, tok, ids, args):
+    """`attn --sink-metric N` / `--massive N`: docs/05-why-sinks-exist.md (samples from --corpus or the KJV)."""
+    from . import anatomy
+
+    if args.corpus_text:
+        try:
+            text = Path(args.corpus_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: cannot read {args.corpus_text}: {e}")
+    else:
+        import weights_fetch
+
+        text = weights_fetch.fetch_kjv(progress=sys.stderr.isatty()).read_text(encoding="utf-8")
+    try:
+        plots = []
+        if args.sink_metric:
+            report, per_layer = anatomy.sink_metric_report(model, tok, text, args.sink_metric)
+            print("\n" + report)
+            if args.plot:
+                plots.append(anatomy.plot_sink_metric(per_layer, Path(args.plot) / "sink_metric.png"))
+        if args.massive:
+            report, massive = anatomy.massive_report(model, tok, text, ids, args.massive)
+            print("\n" + report)
+            if args.plot:
+                plots.append(anatomy.plot_massive(massive, Path(args.plot) / "massive_activations.png"))
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e}")
+    if plots:
+        print("wrote " + " and ".join(map(str, plots)))
 
 
 def cmd_assignment(args):
@@ -385,8 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", action="store_true", help="print every head, not a summary per layer")
     p.add_argument("--first-query", type=int, default=4,
                    help="average over queries from this index on (the first ones can only look back at token 0)")
-    p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib)")
+    p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib); "
+                                                 "with the flags below also sink_metric.png, massive_activations.png")
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.add_argument("--sink-metric", type=int, metavar="N",
+                   help="Gu et al.'s sink metric on N samples of 64 tokens (of --samples-from, default the KJV)")
+    p.add_argument("--massive", type=int, metavar="N",
+                   help="massive activations of the prompt per layer (Sun et al.), and the zero/mean intervention's "
+                        "perplexity on N samples of 256 tokens")
+    p.add_argument("--samples-from", dest="corpus_text", metavar="FILE",
+                   help="the text the samples are drawn from (default: the KJV)")
     p.set_defaults(func=cmd_attn)
 
     p = sub.add_parser("assignment", help="course assignments: write a skeleton, grade a student's files",
