@@ -53,13 +53,20 @@ def ppl_runs(out: Path) -> dict[str, list[str]]:
             for name, args in runs.items()}
 
 
+def shell_word(arg: str) -> str:
+    """`arg` as typed in bash: a newline as $'\\n', anything else special in single quotes."""
+    if "\n" in arg:
+        return "$'" + arg.replace("\n", "\\n") + "'"
+    return arg if arg and all(ch.isalnum() or ch in "-_./=:" for ch in arg) else "'" + arg + "'"
+
+
 def run(out: Path, only: list[str] | None):
     out.mkdir(parents=True, exist_ok=True)
     steps = {**calibrations(out), **{f"{k}.npz": v for k, v in ppl_runs(out).items()}}
     for name, args in steps.items():
         if (out / name).exists() or (only and name.removesuffix(".npz") not in only):
             continue
-        print("$ minisink " + " ".join(repr(a) if a.strip() != a or not a else a for a in args), flush=True)
+        print("$ minisink " + " ".join(shell_word(a) for a in args), flush=True)
         subprocess.run([sys.executable, "-m", "minisink.cli", *args, "--no-progress"] if args[0] == "ppl"
                        else [sys.executable, "-m", "minisink.cli", *args], check=True)
 
