@@ -151,3 +151,22 @@ def test_sink_prefix_on_ppl_and_generate(checkpoint, text, capsys):  # noqa: F81
     code, out, _ = run(capsys, "generate", "--model", checkpoint, "w5 w6", "--max-new-tokens", 3,
                        "--sink-prefix", "w1", "--sinks", 1, "--window", 4, "--sink-logits", "zero")
     assert code == 0 and out.count("w") == 3  # three words (this tokenizer decodes without spaces)
+
+
+@pytest.mark.real
+def test_sink_prefix_and_logits_on_chat(real_model_dir, capsys, monkeypatch):
+    """chat feeds the prefix before the first turn: the cache then holds it as its sinks."""
+    import io
+    import sys
+
+    import minisink.cli as cli
+
+    caches = []
+    real_make_cache = cli.make_cache
+    monkeypatch.setattr(cli, "make_cache", lambda *a, **k: caches.append(real_make_cache(*a, **k)) or caches[-1])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    code, out, _ = run(capsys, "chat", "--model", real_model_dir, "--sinks", 4, "--window", 60, "--max-new-tokens", 3,
+                       "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n",
+                       "--sink-logits", "zero")
+    assert code == 0 and out.strip()
+    assert caches[0].slot_token[:4].tolist() == [0, 1, 2, 3] and caches[0].seen > 4 + 20  # prefix, then the turn
