@@ -102,6 +102,30 @@ def bench_minisink(path, repeats: int = 3) -> dict:
             "decode_ms": median_ms(steps), "floor_ms": median_ms(floors)}
 
 
+def bench_sink_logits(model, n: int = DECODE_TOKENS) -> dict:
+    """Decode with and without sink logits (docs/05-why-sinks-exist.md), interleaved step by step on two caches
+    after the same short prompt, so both see the same noise: median ms/token of each."""
+    c = model.config
+    sigma = np.random.default_rng(5).normal(3, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
+    ids = prompt_ids(SHORT_PROMPT, c.vocab_size)
+    caches = {"default": model.new_cache(), "sink_logits": model.new_cache()}
+    times = {name: [] for name in caches}
+    saved = model.sink_logits
+    try:
+        for name, cache in caches.items():
+            model.sink_logits = sigma if name == "sink_logits" else None
+            model.forward(ids, cache)
+        for token in prompt_ids(n, c.vocab_size, seed=1):
+            for name, cache in caches.items():
+                model.sink_logits = sigma if name == "sink_logits" else None
+                start = time.perf_counter()
+                model.forward([int(token)], cache)
+                times[name].append(time.perf_counter() - start)
+    finally:
+        model.sink_logits = saved
+    return {name: median_ms(t) for name, t in times.items()}
+
+
 def bench_transformers(path, attention: str, repeats: int = 3) -> dict | None:
     """transformers' Llama with the given `attn_implementation` ("eager": its plain PyTorch attention; "sdpa":
     torch's fused scaled_dot_product_attention, its default)."""
@@ -333,6 +357,9 @@ def run_bench(path, quick: bool = False):
     print(f"decode, full sink cache   {f['full_ms']:7.2f} ms/token   (4+1020, interleaved with the short context)")
     print(f"  attention part          {f['attention_ms']:7.2f} ms/token   read floor {f['read_ms']:.2f} ms "
           f"({f['kv_mb']:.0f} MB of keys and values)")
+    s = bench_sink_logits(model)
+    print(f"decode with sink logits   {s['sink_logits']:7.2f} ms/token = {s['sink_logits'] / s['default']:.3f} x "
+          f"default ({s['default']:.2f}, interleaved)  (target <= 1.03)")
     c = bench_caches(model, quick)
     print(f"\nsink cache 4+1020 ({c['sink_cache_mb']:.0f} MB of keys and values, fixed at construction)")
     print(f"  decode at ~1,100        {c['sink_1100_ms']:7.2f} ms/token   RSS {c['rss_1100_mb']:.0f} MB")

@@ -8,6 +8,8 @@
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
+    minisink calibrate --corpus kjv --cache 256 --out sigma.npz   a sink logit per head (docs/05-why-sinks-exist.md)
+    minisink ppl --corpus kjv --tokens 8000 --mode window --window 256 --sink-logits sigma.npz   window + sink logit
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
     minisink fetch                                             the default model (also: python weights_fetch.py)
 """
@@ -122,6 +124,7 @@ def cmd_generate(args):
     ids = tok.encode(prompt)
     if not ids:
         raise SystemExit("error: the prompt is empty")
+    ids = apply_sink_options(model, tok, args) + ids  # a sink prefix comes first: the sinks are whatever is first
     stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
@@ -143,7 +146,8 @@ def cmd_chat(args):
                          "or pipe the turns in, one per line")
     sampler = make_sampler(args)
     model, tok = load(args)
-    chat = start_chat(model, tok, args, sampler)
+    prefix = apply_sink_options(model, tok, args)
+    chat = start_chat(model, tok, args, sampler, prefix)
     cache = chat.cache
     interactive = sys.stdin.isatty()
     if interactive:
@@ -169,7 +173,7 @@ def cmd_chat(args):
             print(f"[turn {chat.turns} | {chat.fed} tokens streamed | cache holds {held}]", file=sys.stderr)
 
 
-def start_chat(model, tok, args, sampler):
+def start_chat(model, tok, args, sampler, prefix=()):
     """A new chat, or with --session FILE an existing one resumed from FILE (a new one if FILE does not exist)."""
     from . import session
     from .generate import Chat
@@ -179,6 +183,8 @@ def start_chat(model, tok, args, sampler):
         if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
             raise SystemExit(f"error: cannot write the session {path}: {path.parent} is not a writable folder")
         cache = make_cache(model, args, default_sinks=4, default_window=1020)
+        if prefix:
+            model.forward(prefix, cache)  # the sink prefix comes before the first turn
         return Chat(model, tok, cache, sampler, system=args.system, threads=args.threads)
     chat = session.load_chat(path, model, tok, sampler)
     chat.threads = args.threads
@@ -187,8 +193,9 @@ def start_chat(model, tok, args, sampler):
         if given is not None and given != saved:
             raise SystemExit(f"error: {path} holds a cache with {flag[2:]} {saved}, not {given}: drop {flag} "
                              "(a session keeps its cache), or give another --session file")
-    if args.system is not None:
-        raise SystemExit(f"error: --system only applies when a session starts, and {path} already exists")
+    if args.system is not None or prefix:
+        raise SystemExit(f"error: --system and --sink-prefix only apply when a session starts, and {path} already "
+                         "exists")
     print(f"minisink chat: resumed {path} (turn {chat.turns}, {chat.fed} tokens streamed)", file=sys.stderr)
     return chat
 
@@ -199,9 +206,8 @@ def cmd_bench(args):
     run_bench(model_dir(args), quick=args.quick)
 
 
-def cmd_ppl(args):
-    from .evaluate import check_out, load_text_ids, run_ppl, save_run
-
+def read_text(args) -> tuple[str, str]:
+    """(text, source) of --text FILE or --corpus kjv."""
     if (args.text is None) == (args.corpus is None):
         raise SystemExit("error: give the text to score: --text FILE or --corpus kjv")
     if args.text is not None:
@@ -213,19 +219,29 @@ def cmd_ppl(args):
         text, source = read_text_file(path), f"kjv ({path})"
     if not text.strip():
         raise SystemExit(f"error: {source} holds no text (only whitespace): nothing to score")
+    return text, source
+
+
+def cmd_ppl(args):
+    from .evaluate import check_out, load_text_ids, run_ppl, save_run
+
+    text, source = read_text(args)
     model, tok = load(args)
     try:
+        prefix = apply_sink_options(model, tok, args, source)
         ids = load_text_ids(tok, text, args.tokens)
         if len(ids) < 2:
             raise ValueError(f"{source} holds {len(ids)} token(s): at least 2 are needed")
         if args.out:  # fail now, not after a run of hours
             check_out(args.out, len(ids))
+        check_calibration_split(args, source, len(tok.decode(ids.tolist())))
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         run = run_ppl(model, ids, args.mode, args.sinks, args.window, not args.no_renumber, args.chunk,
-                      progress=progress, say=say)
+                      progress=progress, say=say, prefix=prefix or None)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    run.notes += sink_notes(args, prefix)
     print(f"{source}: {run.tokens} tokens")
     print(run.summary())
     if args.out:
@@ -234,6 +250,87 @@ def cmd_ppl(args):
         except OSError as e:
             raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}); the summary above is all that "
                              f"is left of this run")
+
+
+# --- sink logits, sink prefix, calibration (docs/05-why-sinks-exist.md) -------------------------------------------
+
+def add_sink_options(p):
+    p.add_argument("--sink-logits", metavar="zero|FILE.npz",
+                   help="a sink logit per layer and head: zero (softmax-off-by-one) or a file from "
+                        "`minisink calibrate`")
+    p.add_argument("--sink-value", action="store_true",
+                   help="the sink also adds the calibrated sinks' mean value vector (needs --sink-logits FILE.npz)")
+    p.add_argument("--sink-prefix", metavar="TEXT", action="append",
+                   help="feed TEXT first (repeat the flag for several pieces, each encoded on its own: "
+                        "--sink-prefix $'\\n' four times is four newline tokens); sink mode then pins these tokens")
+
+
+def apply_sink_options(model, tok, args, source: str | None = None) -> list[int]:
+    """Set model.sink_logits / sink_values from the flags; return the sink prefix's token ids ([] if none)."""
+    import numpy as np
+
+    from .calibrate import CalibrationError, load_sink_file
+
+    args.calibration = None
+    if args.sink_value and args.sink_logits in (None, "zero"):
+        raise SystemExit("error: --sink-value needs --sink-logits FILE.npz (a file from `minisink calibrate`)")
+    if args.sink_logits == "zero":
+        c = model.config
+        model.sink_logits = np.zeros((c.num_hidden_layers, c.num_attention_heads), dtype=np.float32)
+    elif args.sink_logits:
+        try:
+            args.calibration = load_sink_file(args.sink_logits)
+        except CalibrationError as e:
+            raise SystemExit(f"error: {e}")
+        model.sink_logits = args.calibration["sink_logits"]
+        if args.sink_value:
+            model.sink_values = args.calibration["sink_values"]
+    prefix = []
+    for piece in args.sink_prefix or []:
+        ids = tok.encode(piece)
+        if not ids:
+            raise SystemExit(f"error: --sink-prefix {piece!r} encodes to no token")
+        prefix += ids
+    return prefix
+
+
+def check_calibration_split(args, source: str, scored_chars: int):
+    """Refuse to evaluate on the characters the sink logits were calibrated on."""
+    cal = args.calibration
+    if cal is not None and cal.get("source") == source and scored_chars > cal.get("char_start", 0):
+        raise SystemExit(f"error: {args.sink_logits} was calibrated on {source} from character {cal['char_start']}, "
+                         f"and this run scores its first {scored_chars} characters: score fewer tokens (--tokens) "
+                         "or calibrate on another text")
+
+
+def sink_notes(args, prefix) -> list[str]:
+    notes = []
+    if args.sink_logits:
+        cal = args.calibration
+        what = "zero (softmax-off-by-one)" if cal is None else (
+            f"{args.sink_logits} (estimator {cal.get('estimator')}, calibrated for cache {cal.get('cache')})")
+        notes.append(f"sink logits: {what}" + (", with the sinks' mean value" if args.sink_value else ""))
+    if prefix:
+        notes.append(f"sink prefix: token ids {prefix}")
+    return notes
+
+
+def cmd_calibrate(args):
+    from .calibrate import CalibrationError, calibrate, format_table, split_text
+    from .evaluate import load_text_ids
+
+    text, source = read_text(args)
+    model, tok = load(args)
+    start, end = split_text(text)
+    try:
+        ids = load_text_ids(tok, text[start:end], args.tokens)
+        cal = calibrate(model, ids, args.cache, args.sinks, meta={"source": source, "char_start": start,
+                                                                   "char_end": end, "tokens": len(ids)})
+        print(f"{source}: calibration part, characters {start}..{end}, {len(ids)} tokens")
+        print(format_table(cal))
+        print(f"wrote {cal.save(args.out, args.estimator)} (sink_logits: estimator {args.estimator})")
+    except (CalibrationError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
 
 
 def cmd_attn(args):
@@ -260,6 +357,39 @@ def cmd_attn(args):
         except OSError as e:
             raise SystemExit(f"error: cannot write the plots into {args.plot} ({e.strerror or e})")
         print(f"wrote {maps} and {heat}")
+    if args.sink_metric or args.massive:
+        anatomy_reports(model, tok, ids, args)
+
+
+def anatomy_reports(model, tok, ids, args):
+    """`attn --sink-metric N` / `--massive N`: docs/05-why-sinks-exist.md (samples from --corpus or the KJV)."""
+    from . import anatomy
+
+    if args.corpus_text:
+        try:
+            text = Path(args.corpus_text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: cannot read {args.corpus_text}: {e}")
+    else:
+        import weights_fetch
+
+        text = weights_fetch.fetch_kjv(progress=sys.stderr.isatty()).read_text(encoding="utf-8")
+    try:
+        plots = []
+        if args.sink_metric:
+            report, per_layer = anatomy.sink_metric_report(model, tok, text, args.sink_metric)
+            print("\n" + report)
+            if args.plot:
+                plots.append(anatomy.plot_sink_metric(per_layer, Path(args.plot) / "sink_metric.png"))
+        if args.massive:
+            report, massive = anatomy.massive_report(model, tok, text, ids, args.massive)
+            print("\n" + report)
+            if args.plot:
+                plots.append(anatomy.plot_massive(massive, Path(args.plot) / "massive_activations.png"))
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"error: {e}")
+    if plots:
+        print("wrote " + " and ".join(map(str, plots)))
 
 
 def cmd_assignment(args):
@@ -399,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     add_model_options(p)
     add_sampling_options(p)
+    add_sink_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="a multi-turn chat whose whole history streams through a sink cache")
@@ -408,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="FILE",
                    help="save the conversation to FILE after every turn and resume it from FILE if it exists "
                         "(constant size with a sink cache: keys and values of S + W tokens and a few counters)")
+    add_sink_options(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("bench", help="prefill/decode speed, the memory floor, sink vs full vs recompute")
@@ -436,7 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal; needs tqdm)")
+    add_sink_options(p)
     p.set_defaults(func=cmd_ppl)
+
+    p = sub.add_parser("calibrate", help="a sink logit per layer and head from a calibration text (no training)",
+                       description="Streams the second half of the text (the first is for evaluation) through "
+                                   "a sink cache and estimates one sink logit per layer and head: "
+                                   "docs/05-why-sinks-exist.md")
+    p.add_argument("--text", help="a plain UTF-8 text file (its second half is read)")
+    p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
+    p.add_argument("--tokens", type=int, default=4096, help="calibration tokens (default 4096)")
+    p.add_argument("--cache", type=int, default=1024, help="the total cache to calibrate for (default 1024)")
+    p.add_argument("--sinks", type=int, default=4, help="the sinks whose attention the logit takes over (default 4)")
+    p.add_argument("--estimator", choices=["lme", "mass"], default="mass",
+                   help="which estimate is saved as sink_logits (both are saved as sink_logits_NAME)")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("attn", help="attention on the first token (the sink), per layer and head; plots")
     p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")
@@ -444,8 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", action="store_true", help="print every head, not a summary per layer")
     p.add_argument("--first-query", type=int_at_least(0), default=4,
                    help="average over queries from this index on (the first ones can only look back at token 0)")
-    p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib)")
+    p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib); "
+                                                 "with the flags below also sink_metric.png, massive_activations.png")
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.add_argument("--sink-metric", type=int, metavar="N",
+                   help="Gu et al.'s sink metric on N samples of 64 tokens (of --samples-from, default the KJV)")
+    p.add_argument("--massive", type=int, metavar="N",
+                   help="massive activations of the prompt per layer (Sun et al.), and the zero/mean intervention's "
+                        "perplexity on N samples of 256 tokens")
+    p.add_argument("--samples-from", dest="corpus_text", metavar="FILE",
+                   help="the text the samples are drawn from (default: the KJV)")
     p.set_defaults(func=cmd_attn)
 
     p = sub.add_parser("assignment", help="course assignments: write a skeleton, grade students' files",

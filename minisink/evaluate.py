@@ -172,14 +172,21 @@ def make_cache(model, mode: str, sinks: int | None = None, window: int | None = 
 
 def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: int | None = None,
             renumber: bool = True, chunk: int = PREFILL_CHUNK, progress: bool = False,
-            say: Callable[[str], None] | None = None) -> PplRun:
+            say: Callable[[str], None] | None = None, prefix=None) -> PplRun:
     """Stream `ids` through the cache of `mode` and record every token's NLL (see `stream_nll`).
 
     dense stops at `dense_token_limit` tokens if the text is longer (a note says so). recompute runs one dense
-    forward over the window per token: an estimate of its cost is passed to `say` before it starts."""
+    forward over the window per token: an estimate of its cost is passed to `say` before it starts.
+    `prefix` (token ids) is fed before the text and never scored, so the NLLs are those of the same text tokens
+    as without it: the paper's Table 1, where the sinks are a fixed prefix such as four "\n" (sink mode then
+    defaults to as many sinks as the prefix has tokens)."""
     ids = np.asarray(ids, dtype=np.int64)
+    skip = 0 if prefix is None else len(prefix)
+    if skip:
+        ids = np.concatenate([np.asarray(prefix, dtype=np.int64), ids])
+        sinks = skip if sinks is None and mode == "sink" else sinks
     cache, sinks, window = make_cache(model, mode, sinks, window, renumber)
-    notes = []
+    notes = [f"a prefix of {skip} tokens was fed first and not scored"] if skip else []
     if mode == "dense":
         limit = dense_token_limit(model.config, chunk)
         if limit is not None and limit < 2:
@@ -207,7 +214,7 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
     bar = _progress_bar(len(ids) - 1, progress, f"{mode}")
     start = time.perf_counter()
     try:
-        nll = stream_nll(model, ids, cache, chunk, bar.update_to if bar else None)
+        nll = stream_nll(model, ids, cache, chunk, bar.update_to if bar else None)[skip:]  # the text's own tokens
     finally:
         if bar:
             bar.close()

@@ -116,8 +116,9 @@ class Layer:
         )
 
 
-def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
-              with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs: bool = False,
+              sink_logits: np.ndarray | None = None,
+              sink_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Grouped-query attention of T queries over the cache's blocks, one softmax across all of them.
 
     q [T, H, D], rotated, unscaled -> (output [T, H * D], probabilities [Hkv, G, T, sum of L] if `with_probs`,
@@ -128,10 +129,15 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
     are made once and the softmax works on them in place: each block's scores are written into their columns, the
     row max is subtracted, exp is taken, and instead of dividing every score by its row sum, the output is divided
     (a [G*T, D] array, not [G*T, L]: the same numbers, one pass less over the scores).
+
+    `sink_logits` [H] (sigma, one per query head; -inf: no sink) is a virtual key that every query sees with the
+    same score and no value, as in gpt-oss: p_ij = exp(s_ij) / (sum_k exp(s_ik) + exp(sigma_h)), so the row can
+    put less than 1 on the real keys. sigma = 0 is softmax-off-by-one. `sink_values` [H, D], optional, gives the
+    virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/05-why-sinks-exist.md).
     """
     T, H, D = q.shape
     if T > QUERY_TILE:  # a long chunk: tiles of queries, each skipping the keys none of its queries sees
-        return attention_in_tiles(q, blocks, n_kv_heads, with_probs)
+        return attention_in_tiles(q, blocks, n_kv_heads, with_probs, sink_logits, sink_values)
     G = H // n_kv_heads
     q = q * np.float32(D ** -0.5)  # the 1/sqrt(D) score scale, applied once to the queries
     widths = [block.values.shape[1] for block in blocks]
@@ -144,20 +150,30 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
         if block.mask is not None:
             s = s.reshape(n_kv_heads, G, T, -1)  # a view, so the mask [T, L] broadcasts over heads
             s += block.mask
-    scores -= scores.max(axis=-1, keepdims=True)
+    top = scores.max(axis=-1, keepdims=True)  # [Hkv, G*T, 1]
+    if sink_logits is not None:  # the sink is one more column: the max is over it too, so exp() cannot overflow
+        sigma = np.repeat(sink_logits.reshape(n_kv_heads, G, 1), T, axis=1)  # [Hkv, G*T, 1], row g*T + t
+        top = np.maximum(top, sigma)
+    scores -= top
     weights = np.exp(scores, out=scores)  # the softmax numerators, in place
     total = weights.sum(axis=-1, keepdims=True)  # [Hkv, G*T, 1] the denominators
     out = weights[:, :, columns[0]] @ blocks[0].values  # [Hkv, G*T, D]
     for block, cols in zip(blocks[1:], columns[1:]):
         out += weights[:, :, cols] @ block.values
+    if sink_logits is not None:
+        sink = np.exp(sigma - top)  # [Hkv, G*T, 1] the sink's numerator, 0 where sigma = -inf
+        total += sink
+        if sink_values is not None:
+            out += sink * np.repeat(sink_values.reshape(n_kv_heads, G, 1, D), T, axis=2).reshape(n_kv_heads, -1, D)
     out /= total
     out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)  # head h = kv * G + g
     probs = (weights / total).reshape(n_kv_heads, G, T, -1) if with_probs else None
     return out, probs
 
 
-def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
-                       with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs: bool = False,
+                       sink_logits: np.ndarray | None = None,
+                       sink_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """`attention`, QUERY_TILE queries at a time: the same numbers, without the scores no query sees.
 
     A query's softmax involves only its own row of scores, so the queries can be taken in tiles. In a long chunk
@@ -173,7 +189,8 @@ def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int,
         rows = slice(start, min(start + QUERY_TILE, T))
         pieces = [(column + a, piece) for column, block in zip(accumulate(widths, initial=0), blocks)
                   for a, piece in visible_pieces(block, rows)]  # (first column in the full layout, KVBlock)
-        out[rows], p = attention(q[rows], [piece for _, piece in pieces], n_kv_heads, with_probs)
+        out[rows], p = attention(q[rows], [piece for _, piece in pieces], n_kv_heads, with_probs, sink_logits,
+                                 sink_values)
         if with_probs:
             for (column, piece), start_p in zip(pieces, accumulate([pc.values.shape[1] for _, pc in pieces],
                                                                    initial=0)):
@@ -214,6 +231,32 @@ class Llama:
         self.norm = weights["model.norm.weight"]  # [d_model]
         # Tied embeddings (SmolLM2): the LM head is the embedding matrix itself.
         self.lm_head = self.embed_tokens if config.tie_word_embeddings else weights["lm_head.weight"]  # [V, d_model]
+        self.sink_logits = None  # [layers, H] float32 or None: a sink logit per head (see `attention`)
+        self.sink_values = None  # [layers, H, D] float32 or None: the sink's value, used only with sink_logits
+
+    @property
+    def sink_logits(self) -> np.ndarray | None:
+        """sigma [num_hidden_layers, num_attention_heads] float32, or None (plain softmax, the default). Every
+        forward uses it, whatever the cache; -inf turns one head's sink off, 0 everywhere is softmax-off-by-one."""
+        return self._sink_logits
+
+    @sink_logits.setter
+    def sink_logits(self, sigma):
+        c = self.config
+        self._sink_logits = _checked("sink_logits", sigma, (c.num_hidden_layers, c.num_attention_heads),
+                                     allow_minus_inf=True)
+
+    @property
+    def sink_values(self) -> np.ndarray | None:
+        """The sink's value vector [num_hidden_layers, num_attention_heads, head_dim] float32, or None (the sink
+        adds no value, as in gpt-oss). An experiment of docs/05-why-sinks-exist.md; ignored without sink_logits."""
+        return self._sink_values
+
+    @sink_values.setter
+    def sink_values(self, values):
+        c = self.config
+        self._sink_values = _checked("sink_values", values, (c.num_hidden_layers, c.num_attention_heads, c.head_dim),
+                                     allow_minus_inf=False)
 
     def new_cache(self, n_sink: int | None = None, window: int | None = None, *, recompute: bool = False,
                   renumber: bool = True, position_offset: int = 0):
@@ -229,7 +272,7 @@ class Llama:
             raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
         return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
 
-    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
+    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None, layer_hook=None) -> np.ndarray:
         """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.
 
         Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
@@ -238,6 +281,9 @@ class Llama:
         tokens). If `attention_probs` is a list, each layer's attention probabilities [H, T_chunk, keys] are appended
         to it, chunk after chunk: layers x chunks arrays for an input longer than PREFILL_CHUNK (keys in the cache's
         block order: see attention_maps.py, which takes one chunk).
+        If `layer_hook` is given, `layer_hook(n, x)` is called with each layer's output, the residual stream
+        x [T, d_model] of the chunk after layer n: it may read it (copy it: x is updated in place) or change it
+        (anatomy.py reads the massive activations and sets them to zero or to their mean).
         """
         token_ids = self._check_ids(token_ids)
         if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
@@ -246,7 +292,7 @@ class Llama:
         for start in range(0, len(token_ids), PREFILL_CHUNK):
             rows = slice(start, start + PREFILL_CHUNK)
             try:
-                x = self.forward_chunk(token_ids[rows], cache, attention_probs)  # [chunk, d_model], normed
+                x = self.forward_chunk(token_ids[rows], cache, attention_probs, layer_hook)  # [chunk, d_model]
             except BaseException as e:
                 if start:  # the earlier chunks were committed
                     e.add_note(f"minisink: the cache holds the first {start} of these {len(token_ids)} tokens")
@@ -263,7 +309,8 @@ class Llama:
             x = self.forward_chunk(token_ids[start:start + PREFILL_CHUNK], cache)  # [chunk, d_model]
         return (x[-1:] @ self.lm_head.T)[0]  # [V]
 
-    def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None) -> np.ndarray:
+    def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None,
+                      layer_hook=None) -> np.ndarray:
         """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
         `forward` multiplies them by the LM head."""
         c = self.config
@@ -276,7 +323,9 @@ class Llama:
             qk = apply_rope(qkv[:, :(H + Hkv) * D].reshape(T, H + Hkv, D), rotation)  # q and k heads at once
             q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
             v = qkv[:, (H + Hkv) * D:].reshape(T, Hkv, D)
-            out, probs = attention(q, cache.blocks(n, k, v), Hkv, attention_probs is not None)  # [T, H * D]
+            sigma, sink_v = (None, None) if self._sink_logits is None else (
+                self._sink_logits[n], None if self._sink_values is None else self._sink_values[n])
+            out, probs = attention(q, cache.blocks(n, k, v), Hkv, attention_probs is not None, sigma, sink_v)
             if attention_probs is not None:
                 attention_probs.append(probs.reshape(H, T, -1))
             x += linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
@@ -285,6 +334,8 @@ class Llama:
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
             I = gate_up.shape[1] // 2
             x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
+            if layer_hook is not None:
+                layer_hook(n, x)
         cache.end()  # commit: only now do the chunk's tokens join the cache
         return rms_norm(x, self.norm, c.rms_norm_eps)  # [T, d_model]
 
@@ -299,6 +350,24 @@ class Llama:
             raise InputError(f"token id {int(bad[0])} is out of range for a vocabulary of {self.config.vocab_size} "
                              "(ids must be in 0..vocab_size-1: was the text encoded with this model's tokenizer?)")
         return ids.astype(np.int64)
+
+
+def _checked(name: str, array, shape: tuple, allow_minus_inf: bool) -> np.ndarray | None:
+    """None, or `array` if it is a float32 array of `shape` with no NaN and no +inf (-inf only if allowed)."""
+    if array is None:
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        raise InputError(f"{name} must be a float32 NumPy array of shape {shape}, got "
+                         f"{getattr(array, 'dtype', type(array).__name__)}: convert it with np.asarray(x, np.float32)")
+    if array.shape != shape:
+        raise InputError(f"{name} must have shape {shape} (layers, query heads{', head_dim' * (len(shape) == 3)}) "
+                         f"for this model, got {array.shape}: was it made for another model?")
+    bad = np.isnan(array) | (array == np.inf) | (~allow_minus_inf & (array == -np.inf))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = "finite or -inf (no sink)" if allow_minus_inf else "finite"
+        raise InputError(f"{name}{list(where)} is {array[where]}: every entry must be {allowed}")
+    return array
 
 
 def load_model(path: str | Path) -> Llama:

@@ -1,0 +1,172 @@
+"""Calibrated sink logits (minisink/calibrate.py), the text split, and the sink flags of the CLI.
+
+The estimators are checked on one-layer tiny models, where a layer's input does not depend on the cache, so what
+calibration measured in the sink cache must hold exactly in window attention with the calibrated logit: the "mass"
+estimator's virtual sink takes, on average, the attention the sinks took; and the "lme" estimator is the
+log-mean-exp of sink scores recomputed here in float64 from the weights.
+"""
+
+import numpy as np
+import pytest
+
+from minisink.calibrate import CalibrationError, calibrate, fit_mass, load_sink_file, split_text
+from minisink.evaluate import run_ppl, stream_nll
+from tiny import tiny_model
+
+C, S = 40, 4
+
+
+@pytest.fixture(scope="module")
+def one_layer():
+    model = tiny_model(seed=3, num_hidden_layers=1)
+    ids = np.random.default_rng(3).integers(0, 97, 200)
+    return model, ids, calibrate(model, ids, C, S, chunk=32)
+
+
+def sink_attention(model, ids, window):
+    """1 - the attention on the real keys, per head and steady query, in window attention with sink logits."""
+    cache, masses = model.new_cache(n_sink=0, window=window), []
+    for start in range(0, len(ids), 32):
+        probs = []
+        model.forward(ids[start:start + 32], cache, attention_probs=probs)
+        masses.append(1 - probs[0].sum(axis=-1, dtype=np.float64))  # [H, T]
+    return np.concatenate(masses, axis=1)[:, C:]
+
+
+def test_mass_estimator_reproduces_the_sinks_attention(one_layer):
+    model, ids, cal = one_layer
+    model.sink_logits = cal.sink_logits["mass"]
+    try:
+        virtual = sink_attention(model, ids, C - S)  # the same window keys as the sink cache S + (C - S)
+    finally:
+        model.sink_logits = None
+    np.testing.assert_allclose(virtual.mean(axis=1), cal.sink_mass[0], rtol=1e-5, atol=1e-7)
+    assert cal.queries == len(ids) - C
+
+
+def test_lme_estimator_from_scores_in_float64(one_layer):
+    model, ids, cal = one_layer
+    c, w = model.config, model.layers[0]
+    H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    x = model.embed_tokens[ids].astype(np.float64)
+    h = x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + c.rms_norm_eps) * w.input_layernorm
+    qkv = h @ w.qkv_proj.T.astype(np.float64)
+    q, k = qkv[:, :H * D].reshape(-1, H, D), qkv[:, H * D:(H + Hkv) * D].reshape(-1, Hkv, D)
+
+    def rope(x, pos):  # rotate halves (Hugging Face), angle = pos * theta^(-2i/D)
+        angle = pos * c.rope_theta ** (-np.arange(D // 2) * 2.0 / D)
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        return np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle), x2 * np.cos(angle) + x1 * np.sin(angle)], -1)
+
+    qs = rope(q[C:], C - 1)  # [N, H, D]: steady queries at the last cache position
+    ks = np.stack([rope(k[j], j) for j in range(S)])  # [S, Hkv, D]
+    s = np.einsum("nhd,shd->hns", qs, np.repeat(ks, H // Hkv, axis=1)) / np.sqrt(D)  # [H, N, S]
+    a = np.log(np.exp(s).sum(axis=-1))  # [H, N]
+    np.testing.assert_allclose(cal.sink_logits["lme"][0], np.log(np.exp(a).mean(axis=1)), rtol=1e-4, atol=1e-4)
+
+
+def test_fit_mass_solves_its_equation():
+    z = np.random.default_rng(0).normal(0, 3, (4, 50))
+    target = np.array([0.01, 0.3, 0.7, 0.99])
+    sigma = fit_mass(z, target)
+    np.testing.assert_allclose((1 / (1 + np.exp(z - sigma[:, None]))).mean(axis=1), target, rtol=1e-9)
+
+
+def test_calibration_errors():
+    model, ids = tiny_model(), np.arange(50) % 97
+    with pytest.raises(CalibrationError, match="needs more than the cache"):
+        calibrate(model, ids, 64)
+    with pytest.raises(CalibrationError, match="1 <= sinks < cache"):
+        calibrate(model, ids, 20, sinks=20)
+
+
+def test_split_text_is_disjoint_and_at_a_line():
+    text = "".join(f"line {i} of the text\n" for i in range(1000))
+    start, end = split_text(text)
+    assert end == len(text) and text[start - 1] == "\n" and abs(start - len(text) / 2) < 30
+    evaluation, calibration = text[:start], text[start:end]
+    assert evaluation + calibration == text and not set(evaluation.splitlines()) & set(calibration.splitlines())
+
+
+def test_prefix_is_fed_first_and_not_scored():
+    model = tiny_model(seed=4)
+    ids = np.random.default_rng(4).integers(5, 97, 80)
+    prefix = [1, 1, 2]
+    run = run_ppl(model, ids, "sink", window=20, prefix=prefix)
+    assert run.sinks == 3 and len(run.nll) == len(ids) - 1
+    full = stream_nll(model, np.concatenate([prefix, ids]), model.new_cache(n_sink=3, window=20))
+    np.testing.assert_array_equal(run.nll, full[3:])
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+
+from test_cli_experiments import checkpoint, run, text  # noqa: E402,F401  (the tiny checkpoint and its text)
+
+
+def test_calibrate_then_ppl_with_sink_logits(checkpoint, text, tmp_path, capsys):  # noqa: F811
+    sigma = tmp_path / "sigma.npz"
+    code, out, _ = run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32, "--tokens", 200,
+                       "--estimator", "lme", "--out", sigma)
+    assert code == 0 and "sink mass" in out and [p.name for p in tmp_path.iterdir()] == ["sigma.npz"]
+    f = load_sink_file(sigma)
+    assert f["sink_logits"].shape == (3, 6) and f["sink_values"].shape == (3, 6, 8)
+    assert np.array_equal(f["sink_logits"], f["sink_logits_lme"]) and f["source"] == str(text)
+    words = text.read_text()
+    assert f["char_start"] == split_text(words)[0]
+
+    common = ["ppl", "--model", checkpoint, "--text", text, "--tokens", 100, "--mode", "window", "--window", 32]
+    results = {}
+    for name, extra in [("plain", []), ("zero", ["--sink-logits", "zero"]), ("file", ["--sink-logits", sigma]),
+                        ("value", ["--sink-logits", sigma, "--sink-value"])]:
+        code, out, _ = run(capsys, *common, *extra, "--out", tmp_path / f"{name}.npz")
+        assert code == 0, out
+        with np.load(tmp_path / f"{name}.npz") as z:
+            results[name] = z["nll"]
+    assert "sink logits:" in out and "mean value" in out
+    for name in ("zero", "file", "value"):  # each changes the numbers
+        assert not np.allclose(results[name], results["plain"])
+    assert not np.allclose(results["file"], results["value"])
+
+
+def test_ppl_refuses_to_score_the_calibration_text(checkpoint, text, tmp_path, capsys):  # noqa: F811
+    sigma = tmp_path / "sigma.npz"
+    run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32, "--tokens", 200, "--out", sigma)
+    with pytest.raises(SystemExit, match="was calibrated on"):
+        main_ppl = ["ppl", "--model", checkpoint, "--text", text, "--sink-logits", sigma]  # the whole text
+        run(capsys, *main_ppl)
+
+
+@pytest.mark.parametrize("extra, message", [(["--sink-value"], "--sink-value needs --sink-logits FILE"),
+                                            (["--sink-logits", "zero", "--sink-value"], "--sink-value needs"),
+                                            (["--sink-logits", "missing.npz"], "cannot read sink logits")])
+def test_sink_flag_errors(checkpoint, text, extra, message, capsys):  # noqa: F811
+    with pytest.raises(SystemExit, match=message):
+        run(capsys, "ppl", "--model", checkpoint, "--text", text, "--tokens", 50, *extra)
+
+
+def test_sink_prefix_on_ppl_and_generate(checkpoint, text, capsys):  # noqa: F811
+    code, out, _ = run(capsys, "ppl", "--model", checkpoint, "--text", text, "--tokens", 60, "--window", 20,
+                       "--sink-prefix", "w1", "--sink-prefix", "w2 w3")
+    assert code == 0 and "prefix of 3 tokens" in out and "60 tokens" in out and "3 sinks" in out
+    code, out, _ = run(capsys, "generate", "--model", checkpoint, "w5 w6", "--max-new-tokens", 3,
+                       "--sink-prefix", "w1", "--sinks", 1, "--window", 4, "--sink-logits", "zero")
+    assert code == 0 and out.count("w") == 3  # three words (this tokenizer decodes without spaces)
+
+
+@pytest.mark.real
+def test_sink_prefix_and_logits_on_chat(real_model_dir, capsys, monkeypatch):
+    """chat feeds the prefix before the first turn: the cache then holds it as its sinks."""
+    import io
+    import sys
+
+    import minisink.cli as cli
+
+    caches = []
+    real_make_cache = cli.make_cache
+    monkeypatch.setattr(cli, "make_cache", lambda *a, **k: caches.append(real_make_cache(*a, **k)) or caches[-1])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
+    code, out, _ = run(capsys, "chat", "--model", real_model_dir, "--sinks", 4, "--window", 60, "--max-new-tokens", 3,
+                       "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n",
+                       "--sink-logits", "zero")
+    assert code == 0 and out.strip()
+    assert caches[0].slot_token[:4].tolist() == [0, 1, 2, 3] and caches[0].seen > 4 + 20  # prefix, then the turn
