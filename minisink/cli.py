@@ -366,14 +366,11 @@ def anatomy_reports(model, tok, ids, args):
     from . import anatomy
 
     if args.corpus_text:
-        try:
-            text = Path(args.corpus_text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: cannot read {args.corpus_text}: {e}")
+        text = read_text_file(args.corpus_text)
     else:
-        import weights_fetch
+        from .corpus import fetch_kjv
 
-        text = weights_fetch.fetch_kjv(progress=sys.stderr.isatty()).read_text(encoding="utf-8")
+        text = read_text_file(fetch_kjv(progress=sys.stderr.isatty()))
     try:
         plots = []
         if args.sink_metric:
