@@ -7,6 +7,7 @@
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
+    minisink streameval --task passkey --policy sink --window 252 --distance 100   questions along a stream
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
 """
 
@@ -135,7 +136,7 @@ def cmd_bench(args):
 
 
 def cmd_ppl(args):
-    from .evaluate import load_text_ids, run_ppl, save_run
+    from .evaluate import load_text_ids, run_ppl, run_ppl_budgets, save_run
 
     if (args.text is None) == (args.corpus is None):
         raise SystemExit("error: give the text to score: --text FILE or --corpus kjv")
@@ -156,14 +157,29 @@ def cmd_ppl(args):
             raise ValueError(f"{source} holds {len(ids)} token(s): at least 2 are needed")
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-        run = run_ppl(model, ids, args.mode, args.sinks, args.window, not args.no_renumber, args.chunk,
-                      progress=progress, say=say)
+        window = args.window
+        if args.budget is not None or args.heavy is not None:  # h2o / tova: the budget stands for the window
+            if args.mode not in ("h2o", "tova") or args.window is not None:
+                raise ValueError("--budget and --heavy go with --mode h2o or tova (the sink cache takes --sinks and "
+                                 "--window)")
+            if args.budget and len(args.budget) > 1 and args.heavy is not None:
+                raise ValueError("--heavy goes with one --budget (several budgets are each split evenly)")
+            window = args.budget[0] if args.budget else None
+        if args.budget and len(args.budget) > 1:  # several budgets, one pass over the text
+            runs = run_ppl_budgets(model, ids, args.mode, args.budget, progress=progress)
+        else:
+            runs = [run_ppl(model, ids, args.mode, args.sinks, window, not args.no_renumber, args.chunk,
+                            progress=progress, say=say, heavy=args.heavy)]
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    print(f"{source}: {run.tokens} tokens")
-    print(run.summary())
-    if args.out:
-        print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
+    print(f"{source}: {runs[0].tokens} tokens")
+    for run in runs:
+        print(run.summary())
+        if args.out:
+            out = Path(args.out)
+            if len(runs) > 1:  # runs/h2o.npz -> runs/h2o_64.npz, runs/h2o_128.npz, ...
+                out = out.with_name(f"{out.stem}_{run.window}{out.suffix}")
+            print(f"wrote {save_run(run, out, source=source, model=str(model_dir(args)))}")
 
 
 def cmd_attn(args):
@@ -205,6 +221,27 @@ def cmd_assignment(args):
         raise SystemExit(f"error: {e}")
     if not ok:
         raise SystemExit(1)
+
+
+def cmd_streameval(args):
+    from . import streameval as se
+
+    model, tok = load(args)
+
+    def report(q, right, asked):
+        mark = "right" if q.correct else "wrong"
+        print(f"query {q.index + 1:3d} at token {q.position:6d}: expected {q.expected}, answered "
+              f"{q.answer.strip()[:16]!r:18} {mark:5}  running {right}/{asked}", flush=True)
+
+    try:
+        results = se.run_streameval(model, tok, args.task, args.policy, args.sinks, args.window, args.distance,
+                                    args.queries, args.seed, report)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(se.accuracy_line(results))
+    if args.out:
+        settings = {k: getattr(args, k) for k in ("task", "policy", "sinks", "window", "distance", "queries", "seed")}
+        print(f"wrote {se.save_csv(results, args.out, settings)}")
 
 
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
@@ -251,9 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a plain UTF-8 text file to score")
     p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
     p.add_argument("--tokens", type=int, help="score the first N tokens (default: the whole text)")
-    p.add_argument("--mode", choices=["dense", "window", "recompute", "sink"], default="sink",
+    p.add_argument("--mode", choices=["dense", "window", "recompute", "sink", "h2o", "tova"], default="sink",
                    help="dense: full cache; window: the last W tokens; recompute: sliding window with "
-                        "re-computation, O(W^2) per token; sink: S sinks + W recent (default)")
+                        "re-computation, O(W^2) per token; sink: S sinks + W recent (default); h2o, tova: keep "
+                        "what attention points at (token by token)")
+    p.add_argument("--budget", type=int, nargs="+",
+                   help="h2o, tova: tokens kept, the current one included (default 1024); several budgets run "
+                        "together in one pass (--out runs/h2o.npz then writes runs/h2o_64.npz, ...)")
+    p.add_argument("--heavy", type=int, help="h2o: heavy hitters among the budget (default half of it)")
     p.add_argument("--sinks", type=int, help="sink tokens (sink: default 4; recompute: default 0)")
     p.add_argument("--window", type=int, help="recent tokens kept (default: 1024 minus the sinks)")
     p.add_argument("--no-renumber", action="store_true",
@@ -266,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (default: when stderr is a terminal; needs tqdm)")
     p.set_defaults(func=cmd_ppl)
+
+    p = sub.add_parser("streameval", help="questions along an endless stream (the paper's StreamEval, rebuilt)")
+    p.add_argument("--task", choices=["passkey", "lines"], default="passkey",
+                   help="passkey: recall a 5-digit key D tokens later; lines: the value of the line D lines back")
+    p.add_argument("--policy", choices=["dense", "window", "sink", "recompute", "h2o", "tova"], default="sink",
+                   help="the cache (window: S + W recent tokens; h2o, tova: a budget of S + W tokens)")
+    p.add_argument("--sinks", type=int, default=4, help="sink tokens (default 4)")
+    p.add_argument("--window", type=int, default=252, help="recent tokens kept (default 252)")
+    p.add_argument("--distance", type=int, default=100, help="tokens (passkey) or lines (lines) from fact to "
+                                                             "question (default 100)")
+    p.add_argument("--queries", type=int, default=10, help="questions along the stream (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the keys and values")
+    p.add_argument("--out", help="write every query to this CSV")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_streameval)
 
     p = sub.add_parser("attn", help="attention on the first token (the sink), per layer and head; plots")
     p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")
