@@ -7,7 +7,8 @@ What it measures on a model folder (the default model unless told otherwise), ea
 - transformers' float32 Llama on the same weights, same threads, same prompt (when transformers is installed), with
   its eager attention (`attn_implementation="eager"`, the baseline of the targets) and with SDPA (its default);
 - the sink cache (4 + 1020) at stream positions ~1,100 and ~20,000, the full cache at the same number of cached
-  tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream.
+  tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream;
+- H2O and TOVA (eviction.py) at a budget of 1024 against the sink cache 4 + 1020, interleaved.
 What it does not: assert anything. Targets are printed beside the figures; tests check correctness, not speed.
 """
 
@@ -172,6 +173,24 @@ def bench_evaluator(model, single: int = 256, chunks: int = 3, sizes=EVALUATOR_C
     return out
 
 
+def bench_eviction(model, budget: int = 1024, rounds: int = 24) -> dict:
+    """Decode ms/token of the policies that read attention (eviction.py) against the sink cache, all at a total
+    budget of `budget` tokens and filled past it: one step of each cache in turn per round (interleaved, so they
+    see the same machine noise), medians; and the ratio of each to the sink cache."""
+    caches = {"sink": model.new_cache(n_sink=4, window=budget - 4), "h2o": model.new_cache(policy="h2o", budget=budget),
+              "tova": model.new_cache(policy="tova", budget=budget)}
+    for cache in caches.values():
+        fill(model, cache, budget + 76)
+    steps = {name: [] for name in caches}
+    for token in prompt_ids(rounds, model.config.vocab_size, seed=5):
+        for name, cache in caches.items():
+            start = time.perf_counter()
+            model.forward([int(token)], cache)
+            steps[name].append(time.perf_counter() - start)
+    ms = {name: median_ms(s) for name, s in steps.items()}
+    return {**ms, **{f"{name}/sink": ms[name] / ms["sink"] for name in ("h2o", "tova")}}
+
+
 def print_transformers(path, m: dict):
     """transformers' figures and minisink's speed ratios to them: the targets are set against its eager model."""
     for attention in ("eager", "sdpa"):
@@ -211,6 +230,11 @@ def run_bench(path, quick: bool = False):
     print(f"full cache, ~2,000 cached {c['full_2000_ms']:7.2f} ms/token")
     print(f"recompute, window 1024    {c['recompute_1024_ms']:7.1f} ms/token")
     print(f"  recompute / sink        {c['recompute_1024_ms'] / c['sink_1100_ms']:7.1f} x        (target >= 20)")
+    v = bench_eviction(model)
+    print(f"\npolicies that read attention, budget 1024, decode (interleaved with the sink cache, medians)")
+    for name in ("h2o", "tova"):
+        print(f"  {name:<5} {v[name]:7.2f} ms/token = {v[name + '/sink']:.2f} x the sink cache's {v['sink']:.2f}"
+              "  (target <= 1.5)")
     e = bench_evaluator(model)
     print(f"\nevaluator, sink cache 4+1020 in steady state (stream_nll: the same NLLs either way)")
     print(f"  token by token          {e['token_ms']:7.2f} ms/token")

@@ -8,6 +8,7 @@
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot docs/img                              attention sink mass per layer and head (Fig. 2)
     minisink streameval --task passkey --policy sink --window 252 --distance 100   questions along a stream
+    minisink tune --text notes.txt --budget-mb 32                the best cache within a memory budget
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
 """
 
@@ -244,6 +245,37 @@ def cmd_streameval(args):
         print(f"wrote {se.save_csv(results, args.out, settings)}")
 
 
+def cmd_tune(args):
+    from . import tune
+    from .evaluate import load_text_ids
+
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read {args.text}: {e}")
+    model, tok = load(args)
+
+    def progress(done, total, s):
+        print(f"[{done}/{total}] {s.name:<16} {s.memory_mb:7.1f} MB  perplexity {s.perplexity:8.3f}  "
+              f"{s.tokens_per_s:7.1f} tok/s", file=sys.stderr, flush=True)
+
+    try:
+        ids = load_text_ids(tok, text, args.tokens)
+        if len(ids) < 2:
+            raise ValueError(f"{args.text} holds {len(ids)} token(s): at least 2 are needed")
+        settings = tune.sweep(model, ids, args.budget_mb, progress=progress)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"{args.text}: {len(ids)} tokens, caches within {args.budget_mb:g} MB of keys and values\n")
+    print("Pareto front (nothing else is smaller, better and faster at once):")
+    print(tune.format_table(tune.pareto(settings)))
+    best = tune.recommend(settings, args.tolerance)
+    print(f"\nrecommended: {best.name} ({best.memory_mb:.1f} MB, perplexity {best.perplexity:.3f}): the smallest "
+          f"cache within {args.tolerance:.0%} of the best perplexity measured")
+    flags = f"--window {best.window}" if best.sinks == 0 else f"--sinks {best.sinks} --window {best.window}"
+    print(f"use it: minisink chat {flags}")
+
+
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
     p.add_argument("--model", help="a Hugging Face model folder (default: the one weights_fetch.py writes)")
     p.add_argument("--sinks", type=int, help=sinks_help)
@@ -323,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every query to this CSV")
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
     p.set_defaults(func=cmd_streameval)
+
+    p = sub.add_parser("tune", help="the best cache within a memory budget, measured on your own text")
+    p.add_argument("--text", required=True, help="a plain UTF-8 text file like the ones you will stream")
+    p.add_argument("--budget-mb", type=float, required=True, help="memory for keys and values, in MB")
+    p.add_argument("--tokens", type=int, default=2000, help="score the first N tokens of the text (default 2000)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="recommend the smallest cache within this relative perplexity of the best (default 0.01)")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("attn", help="attention on the first token (the sink), per layer and head; plots")
     p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")

@@ -243,3 +243,11 @@ def test_run_ppl_h2o_is_token_by_token():
     run = run_ppl(m, ids, "h2o", window=10, chunk=16, heavy=3)
     assert run.chunk == 1 and run.heavy == 3 and "3 heavy + 7 recent" in run.summary()
     np.testing.assert_allclose(run.nll, stream_nll(m, ids, m.new_cache(policy="h2o", budget=10, heavy=3), chunk=1))
+
+
+def test_bench_eviction_reports_each_policy_against_the_sink_cache():
+    from minisink.bench import bench_eviction
+
+    figures = bench_eviction(model("L1-H6-KV2"), budget=32, rounds=3)
+    assert set(figures) == {"sink", "h2o", "tova", "h2o/sink", "tova/sink"}
+    assert figures["h2o/sink"] == pytest.approx(figures["h2o"] / figures["sink"])
