@@ -108,3 +108,57 @@ def test_tune_sweep_within_budget_equals_stream_nll():
     assert best.memory_mb == min(s.memory_mb for s in settings if s.perplexity <= 1.5 * lowest)
     with pytest.raises(ValueError, match="give at least"):
         tune.sweep(m, ids, 0.001)
+
+
+# --- the commands, end to end on a tiny checkpoint with a word-level tokenizer ---------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from tiny import TINY, write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(TINY["vocab_size"] - 1)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+    text = path / "words.txt"
+    text.write_text(" ".join(f"w{i}" for i in np.random.default_rng(0).integers(0, 96, 400)))
+    return path, text
+
+
+def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
+    """`ppl --mode h2o --budget 8 16` writes one run per budget, each equal to its own token-by-token run."""
+    from minisink import load_model
+    from minisink.cli import main
+    from minisink.evaluate import load_text_ids
+
+    path, text = checkpoint
+    assert main(["ppl", "--model", str(path), "--text", str(text), "--tokens", "60", "--mode", "h2o", "--budget",
+                 "8", "16", "--out", str(tmp_path / "h2o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "budget 8 = 4 heavy + 4 recent" in out and "budget 16 = 8 heavy + 8 recent" in out
+    m = load_model(path)
+    ids = np.asarray([int(w[1:]) + 1 for w in text.read_text().split()[:60]])
+    for budget in (8, 16):
+        with np.load(tmp_path / f"h2o_{budget}.npz") as z:
+            want = stream_nll(m, ids, m.new_cache(policy="h2o", budget=budget), chunk=1)
+            np.testing.assert_allclose(z["nll"], want, atol=1e-5)
+            assert str(z["mode"]) == "h2o" and int(z["window"]) == budget and int(z["heavy"]) == budget // 2
+    with pytest.raises(SystemExit, match="--budget and --heavy go with --mode h2o or tova"):
+        main(["ppl", "--model", str(path), "--text", str(text), "--mode", "sink", "--budget", "8"])
+
+
+def test_cli_tune_and_streameval(checkpoint, capsys):
+    from minisink.cli import main
+
+    path, text = checkpoint
+    assert main(["tune", "--model", str(path), "--text", str(text), "--budget-mb", "0.05", "--tokens", "300"]) == 0
+    captured = capsys.readouterr()
+    assert "Pareto front" in captured.out and "recommended:" in captured.out and "use it: minisink chat" in captured.out
+    assert "[1/" in captured.err  # progress, one line per setting
+    assert main(["streameval", "--model", str(path), "--task", "lines", "--policy", "tova", "--window", "20",
+                 "--distance", "3", "--queries", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("accuracy ") and out[-1].endswith("of 2)") and len(out) == 3
