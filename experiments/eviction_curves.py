@@ -53,6 +53,7 @@ def table(found: dict, dense: np.ndarray | None, n: int) -> str:
 
 def plot(found: dict, dense: np.ndarray | None, n: int, path: Path) -> Path:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,7 +66,11 @@ def plot(found: dict, dense: np.ndarray | None, n: int, path: Path) -> Path:
         ax.axhline(np.exp(np.mean(dense[:n])), color="k", lw=1, label="dense (every token)")
     ax.set(xscale="log", yscale="log", xlabel="total cache (tokens kept, the current one included)",
            ylabel="perplexity", title=f"SmolLM2-135M-Instruct, first {n + 1} KJV tokens")
+    ax.minorticks_off()  # log axes label their minor ticks too, over the budgets
     ax.set_xticks(BUDGETS, [str(b) for b in BUDGETS])
+    low, high = ax.get_ylim()
+    ax.set_yticks([y for y in (3, 3.5, 4, 5, 6, 8, 10, 15, 20, 30, 50) if low <= y <= high])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
