@@ -66,9 +66,10 @@ def _check_int(name: str, value, low: int, hint: str = "") -> int:
 
 
 class ScoredCache:
-    """What H2O and TOVA share: C = budget - 1 slots per layer and KV head, fixed at construction, a score per
-    slot, and a commit that keeps the C best of (held + chunk). Subclasses say how a token is scored
-    (`new_scores`) and which tokens are never evicted (`protected`).
+    """What H2O, TOVA and SnapKV share: C = budget - 1 slots per layer and KV head, fixed at construction, a
+    score per slot, and a commit that keeps the best of (held + chunk), C of them once full. Subclasses say how a
+    token is scored (`new_scores`), which tokens are never evicted (`protected`) and how many stay
+    (`keep_count`).
 
     Storage: keys [layers, Hkv, D, C], values [layers, Hkv, C, D], slot_token [layers, Hkv, C] (the stream index
     in each slot, -1 while empty), score [layers, Hkv, C] float64. Slots 0..n-1 are filled, the rest empty (the
