@@ -14,6 +14,7 @@ median of several runs:
   tokens and at ~2,000, the recompute baseline at cache 1024; process memory (RSS) along the stream;
 - decode beside one busy process (a child spinning in a loop) against quiet, with the automatic choice of BLAS
   threads (threads.py), and with the BLAS's default thread count fixed for comparison.
+- H2O and TOVA (eviction.py) at a budget of 1024 against the sink cache 4 + 1020, interleaved.
 What it does not: assert anything. Targets are printed beside the figures; tests check correctness, not speed.
 """
 
@@ -291,6 +292,24 @@ def bench_busy_machine(model, tokens: int = 64, rounds: int = 2) -> dict:
     return {name: statistics.median(ms) for name, ms in out.items()} | {"default_threads": default}
 
 
+def bench_eviction(model, budget: int = 1024, rounds: int = 24) -> dict:
+    """Decode ms/token of the policies that read attention (eviction.py) against the sink cache, all at a total
+    budget of `budget` tokens and filled past it: one step of each cache in turn per round (interleaved, so they
+    see the same machine noise), medians; and the ratio of each to the sink cache."""
+    caches = {"sink": model.new_cache(n_sink=4, window=budget - 4), "h2o": model.new_cache(policy="h2o", budget=budget),
+              "tova": model.new_cache(policy="tova", budget=budget)}
+    for cache in caches.values():
+        fill(model, cache, budget + 76)
+    steps = {name: [] for name in caches}
+    for token in prompt_ids(rounds, model.config.vocab_size, seed=5):
+        for name, cache in caches.items():
+            start = time.perf_counter()
+            model.forward([int(token)], cache)
+            steps[name].append(time.perf_counter() - start)
+    ms = {name: median_ms(s) for name, s in steps.items()}
+    return {**ms, **{f"{name}/sink": ms[name] / ms["sink"] for name in ("h2o", "tova")}}
+
+
 def print_transformers(path, m: dict) -> dict | None:
     """transformers' figures and minisink's speed ratios to them: the targets are set against its eager model.
     Returns the eager figures (None without transformers)."""
@@ -378,6 +397,11 @@ def run_bench(path, quick: bool = False):
     print(f"  busy / quiet speed      {b['quiet'] / b['busy']:7.2f} x        (target >= 0.45)")
     print(f"  busy, {b['default_threads']} threads fixed   {b['quiet'] / b['busy_fixed']:7.2f} x        "
           "(the BLAS's default, for comparison)")
+    v = bench_eviction(model)
+    print(f"\npolicies that read attention, budget 1024, decode (interleaved with the sink cache, medians)")
+    for name in ("h2o", "tova"):
+        print(f"  {name:<5} {v[name]:7.2f} ms/token = {v[name + '/sink']:.2f} x the sink cache's {v['sink']:.2f}"
+              "  (target <= 1.5)")
     print(f"\nevaluator, sink cache 4+1020 in steady state (stream_nll: the same NLLs either way)")
     print(f"  token by token          {e['token_ms']:7.2f} ms/token")
     for size in EVALUATOR_CHUNKS:

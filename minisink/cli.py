@@ -10,6 +10,8 @@
     minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
     minisink calibrate --corpus kjv --cache 256 --out sigma.npz   a sink logit per head (docs/05-why-sinks-exist.md)
     minisink ppl --corpus kjv --tokens 8000 --mode window --window 256 --sink-logits sigma.npz   window + sink logit
+    minisink streameval --task passkey --policy sink --window 252 --distance 100   questions along a stream
+    minisink tune --text notes.txt --budget-mb 32                the best cache within a memory budget
     minisink assignment new 3 hw3/ ; minisink assignment grade 3 hw3/    course assignments (docs/assignments/)
     minisink fetch                                             the default model (also: python weights_fetch.py)
 """
@@ -223,7 +225,7 @@ def read_text(args) -> tuple[str, str]:
 
 
 def cmd_ppl(args):
-    from .evaluate import check_out, load_text_ids, run_ppl, save_run
+    from .evaluate import check_out, load_text_ids, run_ppl, run_ppl_budgets, save_run
 
     text, source = read_text(args)
     model, tok = load(args)
@@ -237,19 +239,36 @@ def cmd_ppl(args):
         check_calibration_split(args, source, len(tok.decode(ids.tolist())))
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-        run = run_ppl(model, ids, args.mode, args.sinks, args.window, not args.no_renumber, args.chunk,
-                      progress=progress, say=say, prefix=prefix or None)
+        window = args.window
+        if args.budget is not None or args.heavy is not None:  # h2o / tova: the budget stands for the window
+            if args.mode not in ("h2o", "tova") or args.window is not None:
+                raise ValueError("--budget and --heavy go with --mode h2o or tova (the sink cache takes --sinks and "
+                                 "--window)")
+            if args.budget and len(args.budget) > 1 and args.heavy is not None:
+                raise ValueError("--heavy goes with one --budget (several budgets are each split evenly)")
+            window = args.budget[0] if args.budget else None
+        if args.budget and len(args.budget) > 1:  # several budgets, one pass over the text
+            if prefix:
+                raise ValueError("--sink-prefix goes with one run, not several --budget values")
+            runs = run_ppl_budgets(model, ids, args.mode, args.budget, progress=progress)
+        else:
+            runs = [run_ppl(model, ids, args.mode, args.sinks, window, not args.no_renumber, args.chunk,
+                            progress=progress, say=say, prefix=prefix or None, heavy=args.heavy)]
     except ValueError as e:
         raise SystemExit(f"error: {e}")
-    run.notes += sink_notes(args, prefix)
-    print(f"{source}: {run.tokens} tokens")
-    print(run.summary())
-    if args.out:
-        try:
-            print(f"wrote {save_run(run, args.out, source=source, model=str(model_dir(args)))}")
-        except OSError as e:
-            raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}); the summary above is all that "
-                             f"is left of this run")
+    print(f"{source}: {runs[0].tokens} tokens")
+    for run in runs:
+        run.notes += sink_notes(args, prefix)
+        print(run.summary())
+        if args.out:
+            out = Path(args.out)
+            if len(runs) > 1:  # runs/h2o.npz -> runs/h2o_64.npz, runs/h2o_128.npz, ...
+                out = out.with_name(f"{out.stem}_{run.window}{out.suffix}")
+            try:
+                print(f"wrote {save_run(run, out, source=source, model=str(model_dir(args)))}")
+            except OSError as e:
+                raise SystemExit(f"error: cannot write {out} ({e.strerror or e}); the summary above is all that "
+                                 f"is left of this run")
 
 
 # --- sink logits, sink prefix, calibration (docs/05-why-sinks-exist.md) -------------------------------------------
@@ -490,11 +509,67 @@ def temperature(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     value = finite_float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def cmd_streameval(args):
+    from . import streameval as se
+
+    model, tok = load(args)
+
+    def report(q, right, asked):
+        mark = "right" if q.correct else "wrong"
+        print(f"query {q.index + 1:3d} at token {q.position:6d}: expected {q.expected}, answered "
+              f"{q.answer.strip()[:16]!r:18} {mark:5}  running {right}/{asked}", flush=True)
+
+    try:
+        results = se.run_streameval(model, tok, args.task, args.policy, args.sinks, args.window, args.distance,
+                                    args.queries, args.seed, report)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(se.accuracy_line(results))
+    if args.out:
+        settings = {k: getattr(args, k) for k in ("task", "policy", "sinks", "window", "distance", "queries", "seed")}
+        print(f"wrote {se.save_csv(results, args.out, settings)}")
+
+
+def cmd_tune(args):
+    from . import tune
+    from .evaluate import load_text_ids
+
+    text = read_text_file(args.text)
+    model, tok = load(args)
+
+    def progress(done, total, s):
+        print(f"[{done}/{total}] {s.name:<16} {s.memory_mb:7.1f} MB  perplexity {s.perplexity:8.3f}  "
+              f"{s.tokens_per_s:7.1f} tok/s", file=sys.stderr, flush=True)
+
+    try:
+        ids = load_text_ids(tok, text, args.tokens)
+        if len(ids) < 2:
+            raise ValueError(f"{args.text} holds {len(ids)} token(s): at least 2 are needed")
+        settings = tune.sweep(model, ids, args.budget_mb, progress=progress)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"{args.text}: {len(ids)} tokens, caches within {args.budget_mb:g} MB of keys and values\n")
+    print("Pareto front (nothing else is smaller, better and faster at once):")
+    print(tune.format_table(tune.pareto(settings)))
+    best = tune.recommend(settings, args.tolerance)
+    print(f"\nrecommended: {best.name} ({best.memory_mb:.1f} MB, perplexity {best.perplexity:.3f}): the smallest "
+          f"cache within {args.tolerance:.0%} of the best perplexity measured")
+    flags = f"--window {best.window}" if best.sinks == 0 else f"--sinks {best.sinks} --window {best.window}"
+    print(f"use it: minisink chat {flags}")
 
 
 def add_model_options(p, sinks_help="pinned sink tokens (StreamingLLM); needs --window"):
@@ -550,9 +625,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a plain UTF-8 text file to score")
     p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
     p.add_argument("--tokens", type=int_at_least(2), help="score the first N tokens (default: the whole text)")
-    p.add_argument("--mode", choices=["dense", "window", "recompute", "sink"], default="sink",
+    p.add_argument("--mode", choices=["dense", "window", "recompute", "sink", "h2o", "tova"], default="sink",
                    help="dense: full cache; window: the last W tokens; recompute: sliding window with "
-                        "re-computation, O(W^2) per token; sink: S sinks + W recent (default)")
+                        "re-computation, O(W^2) per token; sink: S sinks + W recent (default); h2o, tova: keep "
+                        "what attention points at (token by token)")
+    p.add_argument("--budget", type=int_at_least(2), nargs="+",
+                   help="h2o, tova: tokens kept, the current one included (default 1024); several budgets run "
+                        "together in one pass (--out runs/h2o.npz then writes runs/h2o_64.npz, ...)")
+    p.add_argument("--heavy", type=int_at_least(0), help="h2o: heavy hitters among the budget (default half of it)")
     p.add_argument("--sinks", type=int_at_least(0), help="sink tokens (sink: default 4; recompute: default 0)")
     p.add_argument("--window", type=int_at_least(1), help="recent tokens kept (default: 1024 minus the sinks)")
     p.add_argument("--no-renumber", action="store_true",
@@ -574,14 +654,38 @@ def build_parser() -> argparse.ArgumentParser:
                                    "docs/05-why-sinks-exist.md")
     p.add_argument("--text", help="a plain UTF-8 text file (its second half is read)")
     p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
-    p.add_argument("--tokens", type=int, default=4096, help="calibration tokens (default 4096)")
-    p.add_argument("--cache", type=int, default=1024, help="the total cache to calibrate for (default 1024)")
-    p.add_argument("--sinks", type=int, default=4, help="the sinks whose attention the logit takes over (default 4)")
+    p.add_argument("--tokens", type=int_at_least(2), default=4096, help="calibration tokens (default 4096)")
+    p.add_argument("--cache", type=int_at_least(2), default=1024, help="the total cache to calibrate for (default 1024)")
+    p.add_argument("--sinks", type=int_at_least(1), default=4, help="the sinks whose attention the logit takes over (default 4)")
     p.add_argument("--estimator", choices=["lme", "mass"], default="mass",
                    help="which estimate is saved as sink_logits (both are saved as sink_logits_NAME)")
     p.add_argument("--out", required=True, help="the .npz to write")
     p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("streameval", help="questions along an endless stream (the paper's StreamEval, rebuilt)")
+    p.add_argument("--task", choices=["passkey", "lines"], default="passkey",
+                   help="passkey: recall a 5-digit key D tokens later; lines: the value of the line D lines back")
+    p.add_argument("--policy", choices=["dense", "window", "sink", "recompute", "h2o", "tova"], default="sink",
+                   help="the cache (window: S + W recent tokens; h2o, tova: a budget of S + W tokens)")
+    p.add_argument("--sinks", type=int_at_least(0), default=4, help="sink tokens (default 4)")
+    p.add_argument("--window", type=int_at_least(1), default=252, help="recent tokens kept (default 252)")
+    p.add_argument("--distance", type=int_at_least(1), default=100, help="tokens (passkey) or lines (lines) from fact to "
+                                                             "question (default 100)")
+    p.add_argument("--queries", type=int_at_least(1), default=10, help="questions along the stream (default 10)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the keys and values")
+    p.add_argument("--out", help="write every query to this CSV")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_streameval)
+
+    p = sub.add_parser("tune", help="the best cache within a memory budget, measured on your own text")
+    p.add_argument("--text", required=True, help="a plain UTF-8 text file like the ones you will stream")
+    p.add_argument("--budget-mb", type=positive_float, required=True, help="memory for keys and values, in MB")
+    p.add_argument("--tokens", type=int_at_least(2), default=2000, help="score the first N tokens of the text (default 2000)")
+    p.add_argument("--tolerance", type=positive_float, default=0.01,
+                   help="recommend the smallest cache within this relative perplexity of the best (default 0.01)")
+    p.add_argument("--model", help="a Hugging Face model folder (default: the fetched one)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("attn", help="attention on the first token (the sink), per layer and head; plots")
     p.add_argument("--prompt", help="the text to look at (default: a ~100-token English paragraph)")

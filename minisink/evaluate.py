@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache import available_memory, kv_bytes_per_token
-from .model import PREFILL_CHUNK
+from .model import PREFILL_CHUNK, attention, rms_norm, silu
+from .rope import apply_rope
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -68,13 +69,67 @@ def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
     return nll
 
 
+def forward_together(model, token_ids, caches) -> np.ndarray:
+    """One new token for each of B streams, each through its own cache: ids [B] -> logits [B, V] (float32).
+
+    The same forward pass as `Llama.forward_chunk` for T = 1, with the B streams' matrix products stacked
+    ([B, d_model] @ W): decode is memory-bound, so B streams read the weights once instead of B times, and B
+    policies cost little more than one. Attention stays per stream, through its own cache (and its `observe`).
+    Row b equals `model.forward([token_ids[b]], caches[b])` (tests/test_eviction.py)."""
+    c = model.config
+    ids = np.asarray(token_ids, dtype=np.int64)
+    B, H, Hkv, D = len(ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    rotations = [cache.begin(1) for cache in caches]
+
+    def linear(x, weight, bias):  # [B, in] -> [B, out] as W @ x.T: ~3x faster than x @ W.T for B ~ 8 (OpenBLAS)
+        y = (weight @ x.T).T
+        return y if bias is None else y + bias
+
+    x = model.embed_tokens[ids]  # [B, d_model]
+    for n, layer in enumerate(model.layers):
+        h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)
+        qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [B, (H + 2 Hkv) * D]
+        out = np.empty((B, H * D), dtype=np.float32)
+        for b, cache in enumerate(caches):  # attention: each stream over its own cache
+            qk = apply_rope(qkv[b, :(H + Hkv) * D].reshape(1, H + Hkv, D), rotations[b])
+            v = qkv[b:b + 1, (H + Hkv) * D:].reshape(1, Hkv, D)
+            observe = getattr(cache, "wants_attention", False)
+            out[b], probs = attention(qk[:, :H], cache.blocks(n, qk[:, H:], v), Hkv, observe)
+            if observe:
+                cache.observe(n, probs)
+        x += linear(out, layer.o_proj, layer.o_bias)
+        h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
+        gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [B, 2 I]
+        I = gate_up.shape[1] // 2
+        x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)
+    for cache in caches:
+        cache.end()
+    return linear(rms_norm(x, model.norm, c.rms_norm_eps), model.lm_head, None)  # [B, V]
+
+
+def stream_nll_together(model, token_ids, caches, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """NLL [B, N - 1] of one stream fed token by token through B caches at once (see `forward_together`): row b
+    equals `stream_nll(model, token_ids, caches[b], chunk=1)`. For the policies that decide per token."""
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or len(ids) < 2:
+        raise ValueError(f"need a 1-D stream of at least 2 token ids to score, got shape {ids.shape}")
+    nll = np.empty((len(caches), len(ids) - 1))
+    for i in range(len(ids) - 1):
+        logits = forward_together(model, np.full(len(caches), ids[i]), caches)  # [B, V]
+        nll[:, i] = token_nll(logits, np.full(len(caches), ids[i + 1]))
+        if progress:
+            progress(i + 1)
+    return nll
+
+
 def perplexity(nll: np.ndarray) -> float:
     return float(np.exp(np.mean(nll)))
 
 
 # --- `minisink ppl`: a long text through one cache policy ---------------------------------------------------------
 
-MODES = ("dense", "window", "recompute", "sink")
+MODES = ("dense", "window", "recompute", "sink", "h2o", "tova")
+SCORED = ("h2o", "tova")  # policies that read attention (eviction.py): they decide per token, so chunk 1
 DEFAULT_CACHE = 1024  # default total cache for every bounded mode: sink 4 + 1020, window 1024, recompute 1024
 MEMORY_SHARE = 0.5  # dense mode uses at most this share of MemAvailable, leaving the rest as headroom
 
@@ -122,6 +177,7 @@ class PplRun:
     chunk: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # what was truncated or estimated, for the summary
+    heavy: int | None = None  # h2o: heavy hitters kept (the budget is `window`)
 
     @property
     def tokens(self) -> int:
@@ -129,12 +185,15 @@ class PplRun:
 
     def settings(self) -> dict:
         return {"mode": self.mode, "sinks": self.sinks, "window": -1 if self.window is None else self.window,
-                "renumber": self.renumber, "chunk": self.chunk, "tokens": self.tokens, "seconds": self.seconds}
+                "renumber": self.renumber, "chunk": self.chunk, "tokens": self.tokens, "seconds": self.seconds,
+                **({} if self.heavy is None else {"heavy": self.heavy})}
 
     def summary(self, last: int = 1000) -> str:
         cache = {"dense": "full cache", "window": f"window {self.window}",
                  "recompute": f"recompute, window {self.window}" + (f" + {self.sinks} sinks" if self.sinks else ""),
-                 "sink": f"{self.sinks} sink{'s' * (self.sinks != 1)} + window {self.window}"}[self.mode]
+                 "sink": f"{self.sinks} sink{'s' * (self.sinks != 1)} + window {self.window}",
+                 "h2o": f"budget {self.window} = {self.heavy} heavy + {(self.window or 0) - (self.heavy or 0)} recent",
+                 "tova": f"budget {self.window}"}[self.mode]
         if self.mode in ("sink", "window") and not self.renumber:
             cache += ", text positions (no renumbering)"
         lines = [f"{self.mode}: {cache}, {self.tokens} tokens, chunk {self.chunk}",
@@ -146,10 +205,21 @@ class PplRun:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def make_cache(model, mode: str, sinks: int | None = None, window: int | None = None, renumber: bool = True):
-    """The cache of a `minisink ppl` mode -> (cache, sinks, window). Defaults: a total cache of DEFAULT_CACHE."""
+def make_cache(model, mode: str, sinks: int | None = None, window: int | None = None, renumber: bool = True,
+               heavy: int | None = None):
+    """The cache of a `minisink ppl` mode -> (cache, sinks, window). Defaults: a total cache of DEFAULT_CACHE.
+    For h2o and tova, `window` is the budget N (tokens a query attends to, itself included) and `heavy` H2O's
+    share of it (default N // 2); they keep text positions, as the originals."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode in SCORED:
+        if sinks:
+            raise ValueError(f"{mode} has no sinks: it keeps what attention points at (--budget N, --heavy H)")
+        if heavy is not None and mode != "h2o":
+            raise ValueError("--heavy is H2O's split of the budget: use it with --mode h2o")
+        window = DEFAULT_CACHE if window is None else window
+        options = {"heavy": heavy} if mode == "h2o" else {}
+        return model.new_cache(policy=mode, budget=window, **options), 0, window
     if mode == "dense":
         if sinks is not None or window is not None:
             raise ValueError("dense mode keeps every token: it takes neither --sinks nor --window")
@@ -172,11 +242,13 @@ def make_cache(model, mode: str, sinks: int | None = None, window: int | None = 
 
 def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: int | None = None,
             renumber: bool = True, chunk: int = PREFILL_CHUNK, progress: bool = False,
-            say: Callable[[str], None] | None = None, prefix=None) -> PplRun:
+            say: Callable[[str], None] | None = None, prefix=None, heavy: int | None = None) -> PplRun:
     """Stream `ids` through the cache of `mode` and record every token's NLL (see `stream_nll`).
 
     dense stops at `dense_token_limit` tokens if the text is longer (a note says so). recompute runs one dense
-    forward over the window per token: an estimate of its cost is passed to `say` before it starts.
+    forward over the window per token: an estimate of its cost is passed to `say` before it starts. h2o and tova
+    decide which tokens to keep after every token, so they are fed token by token (a chunk of T tokens would make
+    one decision for all T: a different computation, see eviction.py).
     `prefix` (token ids) is fed before the text and never scored, so the NLLs are those of the same text tokens
     as without it: the paper's Table 1, where the sinks are a fixed prefix such as four "\n" (sink mode then
     defaults to as many sinks as the prefix has tokens)."""
@@ -185,8 +257,11 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
     if skip:
         ids = np.concatenate([np.asarray(prefix, dtype=np.int64), ids])
         sinks = skip if sinks is None and mode == "sink" else sinks
-    cache, sinks, window = make_cache(model, mode, sinks, window, renumber)
+    cache, sinks, window = make_cache(model, mode, sinks, window, renumber, heavy)
     notes = [f"a prefix of {skip} tokens was fed first and not scored"] if skip else []
+    if mode in SCORED:
+        chunk = 1
+        heavy = getattr(cache, "heavy", None)
     if mode == "dense":
         limit = dense_token_limit(model.config, chunk)
         if limit is not None and limit < 2:
@@ -218,7 +293,28 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
     finally:
         if bar:
             bar.close()
-    return PplRun(nll, mode, sinks, window, renumber, chunk, time.perf_counter() - start, notes)
+    return PplRun(nll, mode, sinks, window, renumber, chunk, time.perf_counter() - start, notes,
+                  heavy if mode in SCORED else None)
+
+
+def run_ppl_budgets(model, ids, mode: str, budgets: list[int], progress: bool = False) -> list[PplRun]:
+    """`run_ppl` of an h2o or tova mode at several budgets in one pass over the text (`stream_nll_together`: the
+    same NLLs as separate runs, for about the cost of one). H2O splits each budget evenly."""
+    if mode not in SCORED:
+        raise ValueError(f"several budgets in one pass are for {' and '.join(SCORED)}; got mode {mode!r}")
+    ids = np.asarray(ids, dtype=np.int64)
+    caches = [make_cache(model, mode, window=budget)[0] for budget in budgets]
+    bar = _progress_bar(len(ids) - 1, progress, f"{mode} x{len(budgets)}")
+    start = time.perf_counter()
+    try:
+        nll = stream_nll_together(model, ids, caches, bar.update_to if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    seconds = time.perf_counter() - start
+    note = f"{len(budgets)} budgets in one pass of {seconds:.0f} s (weights read once per token for all)"
+    return [PplRun(row, mode, 0, budget, True, 1, seconds, [note], getattr(cache, "heavy", None))
+            for row, budget, cache in zip(nll, budgets, caches)]
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):

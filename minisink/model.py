@@ -22,6 +22,7 @@ import numpy as np
 
 from .cache import Cache, CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
 from .config import LlamaConfig
+from .eviction import new_eviction_cache
 from .rope import Rotation, apply_rope
 from .weights import load_weights
 
@@ -259,9 +260,13 @@ class Llama:
                                      allow_minus_inf=False)
 
     def new_cache(self, n_sink: int | None = None, window: int | None = None, *, recompute: bool = False,
-                  renumber: bool = True, position_offset: int = 0):
+                  renumber: bool = True, position_offset: int = 0, policy: str | None = None, **options):
         """A fresh cache. No arguments: the full cache (dense attention). `window=W`: window attention;
-        `n_sink=S, window=W`: the StreamingLLM sink cache; `recompute=True`: sliding window with re-computation."""
+        `n_sink=S, window=W`: the StreamingLLM sink cache; `recompute=True`: sliding window with re-computation.
+        `policy="h2o"` (budget, heavy, positions), `"tova"` (budget, positions), `"snapkv"` (capacity, window, w,
+        kernel): the caches that read attention (eviction.py)."""
+        if policy is not None:
+            return new_eviction_cache(self.config, policy, **options, **({} if window is None else {"window": window}))
         if recompute:
             if window is None:
                 raise CacheError("recompute=True needs a window size: new_cache(window=W, recompute=True)")
@@ -316,6 +321,7 @@ class Llama:
         c = self.config
         T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
         rotation = cache.begin(T)  # the cache decides the new tokens' positions; nothing changes until `end`
+        observe = getattr(cache, "wants_attention", False)  # eviction policies (eviction.py) read the attention
         x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream, updated in place
         for n, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
@@ -325,7 +331,10 @@ class Llama:
             v = qkv[:, (H + Hkv) * D:].reshape(T, Hkv, D)
             sigma, sink_v = (None, None) if self._sink_logits is None else (
                 self._sink_logits[n], None if self._sink_values is None else self._sink_values[n])
-            out, probs = attention(q, cache.blocks(n, k, v), Hkv, attention_probs is not None, sigma, sink_v)
+            out, probs = attention(q, cache.blocks(n, k, v), Hkv, observe or attention_probs is not None,
+                                   sigma, sink_v)  # [T, H * D]
+            if observe:
+                cache.observe(n, probs)  # [Hkv, G, T, sum of L]
             if attention_probs is not None:
                 attention_probs.append(probs.reshape(H, T, -1))
             x += linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]

@@ -1,0 +1,164 @@
+"""StreamEval (minisink/streameval.py) and `minisink tune` (minisink/tune.py) on tiny random models.
+
+A tiny random model answers nothing right, so these tests check what can be checked without a real model: the
+streams are built as specified (the question ends exactly D tokens after the key, the asked line holds the
+expected value), every policy runs through the same loop and answers greedily from the same logits as a direct
+forward, the CSV holds every query and is written atomically; tune's sweep stays within the memory budget and
+its perplexities equal stream_nll's, its Pareto front and recommendation follow their definitions.
+"""
+
+import csv
+
+import numpy as np
+import pytest
+
+from minisink import streameval as se
+from minisink import tune
+from minisink.evaluate import kv_bytes_per_token, perplexity, stream_nll
+from tiny import tiny_model
+
+CHARS = "\n" + "".join(chr(c) for c in range(32, 127))  # 96 symbols: fits the tiny vocabulary of 97
+
+
+class CharTokenizer:
+    """One token per character: ids 0..95."""
+
+    def encode(self, text):
+        return [CHARS.index(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(CHARS[i] for i in ids)
+
+
+@pytest.mark.parametrize("distance", [40, 75])
+def test_passkey_question_ends_distance_tokens_after_the_key(distance):
+    tok = CharTokenizer()
+    pieces = list(se.passkey_pieces(tok, distance, 3, np.random.default_rng(0)))
+    assert len(pieces) == 3 and len({key for _, key, _ in pieces}) == 3
+    for i, (ids, key, d) in enumerate(pieces):
+        text = tok.decode(ids)
+        end_of_announcement = text.index(f"{key} is the pass key. ") + len(f"{key} is the pass key. ")
+        assert d == distance and len(text) - end_of_announcement == distance
+        assert text.endswith("What is the pass key? The pass key is")
+        assert text.startswith(se.PREAMBLE) == (i == 0)
+
+
+def test_passkey_distance_shorter_than_the_question_is_an_error():
+    with pytest.raises(ValueError, match="--distance must be at least"):
+        list(se.passkey_pieces(CharTokenizer(), 5, 1, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("distance", [1, 7, 20])
+def test_lines_question_asks_about_the_line_distance_back(distance):
+    tok = CharTokenizer()
+    text = "".join(tok.decode(ids) for ids, _, _ in se.lines_pieces(tok, distance, 3, np.random.default_rng(1)))
+    lines = [line for line in text.split("\n") if line.startswith("line ")]
+    questions = [q for q in text.split("\n") if q.startswith("What is")]
+    assert len(questions) == 3
+    for ids, value, _ in se.lines_pieces(tok, distance, 3, np.random.default_rng(1)):
+        piece = tok.decode(ids)
+        written = [line for line in piece.split("\n") if line.startswith("line ")]
+        target = int(piece.rsplit("in line ", 1)[1].split(" ")[0])
+        last = int(written[-1].split(":")[0].split()[1])
+        assert last + 1 - target == distance and (last + 1) % se.QUERY_EVERY == 0
+        assert f"line {target}: REGISTER_CONTENT is <{value}>" in lines
+
+
+@pytest.mark.parametrize("policy", se.POLICIES)
+def test_every_policy_answers_greedily_along_the_stream(policy, tmp_path):
+    """Each answer is the argmax continuation of the stream so far under the policy's cache: the first answer of
+    a dense run equals greedy decoding after a direct forward of the same ids."""
+    m, tok = tiny_model(), CharTokenizer()
+    results = se.run_streameval(m, tok, "passkey", policy, sinks=2, window=30, distance=40, queries=2, seed=3)
+    assert [q.index for q in results] == [0, 1] and results[0].position < results[1].position
+    ids, key, _ = next(se.passkey_pieces(tok, 40, 1, np.random.default_rng(3)))
+    assert results[0].expected == key and results[0].position == len(ids)
+    if policy == "dense":
+        cache = m.new_cache()
+        logits, answer = m.forward(np.array(ids), cache)[-1], []
+        for _ in range(se.ANSWER_TOKENS):
+            answer.append(int(np.argmax(logits)))
+            logits = m.forward(answer[-1:], cache)[-1]
+        assert results[0].answer == tok.decode(answer)
+    path = se.save_csv(results, tmp_path / "q.csv", {"policy": policy})
+    rows = list(csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#")))
+    assert [r["expected"] for r in rows] == [q.expected for q in results]
+    assert [p.name for p in tmp_path.iterdir()] == ["q.csv"]
+    assert se.accuracy_line(results).startswith("accuracy ")
+
+
+def test_tune_sweep_within_budget_equals_stream_nll():
+    m = tiny_model()
+    ids = np.random.default_rng(5).integers(0, 97, 300)
+    per_token = kv_bytes_per_token(m.config)
+    budget_mb = 200 * per_token / 2**20  # 200 tokens: sizes 64, 128 and 200
+    seen = []
+    settings = tune.sweep(m, ids, budget_mb, chunk=64, progress=lambda done, total, s: seen.append((done, total)))
+    assert seen[-1] == (9, 9) and {s.sinks + s.window for s in settings} == {64, 128, 200}
+    assert all(s.memory_mb <= budget_mb + 1e-9 for s in settings)
+    one = next(s for s in settings if s.sinks == 4 and s.window == 124)
+    assert one.perplexity == pytest.approx(perplexity(stream_nll(m, ids, m.new_cache(n_sink=4, window=124), 1)),
+                                           rel=1e-6)
+    front = tune.pareto(settings)
+    for s in settings:  # nothing outside the front beats a member of it
+        for f in front:
+            assert not (s.memory_mb <= f.memory_mb and s.perplexity < f.perplexity and s.tokens_per_s > f.tokens_per_s)
+    best, lowest = tune.recommend(settings, tolerance=0.5), min(s.perplexity for s in settings)
+    assert best.perplexity <= 1.5 * lowest
+    assert best.memory_mb == min(s.memory_mb for s in settings if s.perplexity <= 1.5 * lowest)
+    with pytest.raises(ValueError, match="give at least"):
+        tune.sweep(m, ids, 0.001)
+
+
+# --- the commands, end to end on a tiny checkpoint with a word-level tokenizer ---------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from tiny import TINY, write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(TINY["vocab_size"] - 1)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+    text = path / "words.txt"
+    text.write_text(" ".join(f"w{i}" for i in np.random.default_rng(0).integers(0, 96, 400)))
+    return path, text
+
+
+def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
+    """`ppl --mode h2o --budget 8 16` writes one run per budget, each equal to its own token-by-token run."""
+    from minisink import load_model
+    from minisink.cli import main
+    from minisink.evaluate import load_text_ids
+
+    path, text = checkpoint
+    assert main(["ppl", "--model", str(path), "--text", str(text), "--tokens", "60", "--mode", "h2o", "--budget",
+                 "8", "16", "--out", str(tmp_path / "h2o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "budget 8 = 4 heavy + 4 recent" in out and "budget 16 = 8 heavy + 8 recent" in out
+    m = load_model(path)
+    ids = np.asarray([int(w[1:]) + 1 for w in text.read_text().split()[:60]])
+    for budget in (8, 16):
+        with np.load(tmp_path / f"h2o_{budget}.npz") as z:
+            want = stream_nll(m, ids, m.new_cache(policy="h2o", budget=budget), chunk=1)
+            np.testing.assert_allclose(z["nll"], want, atol=1e-5)
+            assert str(z["mode"]) == "h2o" and int(z["window"]) == budget and int(z["heavy"]) == budget // 2
+    with pytest.raises(SystemExit, match="--budget and --heavy go with --mode h2o or tova"):
+        main(["ppl", "--model", str(path), "--text", str(text), "--mode", "sink", "--budget", "8"])
+
+
+def test_cli_tune_and_streameval(checkpoint, capsys):
+    from minisink.cli import main
+
+    path, text = checkpoint
+    assert main(["tune", "--model", str(path), "--text", str(text), "--budget-mb", "0.05", "--tokens", "300"]) == 0
+    captured = capsys.readouterr()
+    assert "Pareto front" in captured.out and "recommended:" in captured.out and "use it: minisink chat" in captured.out
+    assert "[1/" in captured.err  # progress, one line per setting
+    assert main(["streameval", "--model", str(path), "--task", "lines", "--policy", "tova", "--window", "20",
+                 "--distance", "3", "--queries", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("accuracy ") and out[-1].endswith("of 2)") and len(out) == 3
