@@ -1,13 +1,13 @@
 """Long chunks are attended in tiles of QUERY_TILE queries that skip the keys none of their queries sees
 (model.attention_in_tiles): the same output and probabilities as the plain per-head loop in float64
-(assignments.loop_attention), for random blocks whose masks hide keys anywhere (band edges, the middle, whole
+(reference.loop_attention), for random blocks whose masks hide keys anywhere (band edges, the middle, whole
 columns), with and without a query rotation."""
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minisink.assignments import loop_attention
+from minisink.reference import loop_attention
 from minisink.cache import KVBlock
 from minisink.model import QUERY_TILE, attention
 from minisink.rope import rotation
