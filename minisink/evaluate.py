@@ -94,8 +94,9 @@ def forward_together(model, token_ids, caches) -> np.ndarray:
             qk = apply_rope(qkv[b, :(H + Hkv) * D].reshape(1, H + Hkv, D), rotations[b])
             v = qkv[b:b + 1, (H + Hkv) * D:].reshape(1, Hkv, D)
             observe = getattr(cache, "wants_attention", False)
-            sinks = {} if getattr(model, "sink_logits", None) is None else {"sink_logits": model.sink_logits[n]}
-            out[b], probs = attention(qk[:, :H], cache.blocks(n, qk[:, H:], v), Hkv, observe, **sinks)
+            sigma, sink_v = (None, None) if model.sink_logits is None else (
+                model.sink_logits[n], None if model.sink_values is None else model.sink_values[n])
+            out[b], probs = attention(qk[:, :H], cache.blocks(n, qk[:, H:], v), Hkv, observe, sigma, sink_v)
             if observe:
                 cache.observe(n, probs)
         x += linear(out, layer.o_proj, layer.o_bias)

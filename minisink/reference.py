@@ -139,16 +139,18 @@ def sink_attention(q, k, v, sink_logits, visible=None):
 
 def tova_victim(probs) -> int:
     """TOVA (Oren et al. 2024): the token the current query attends to least, attention averaged over heads.
-    probs [H, L] -> an index into L (the first one on a tie)."""
-    mean = [sum(probs[h][j] for h in range(len(probs))) / len(probs) for j in range(len(probs[0]))]
-    return min(range(len(mean)), key=lambda j: (mean[j], j))
+    probs [H, L] -> an index into L (the first one on a tie). `top_rule` below, asked to keep all but one."""
+    L = len(probs[0])
+    mean = {j: sum(probs[h][j] for h in range(len(probs))) / len(probs) for j in range(L)}
+    return (set(range(L)) - top_rule(list(range(L)), mean, L - 1)).pop()
 
 
 def h2o_victim(scores, n_recent: int) -> int:
     """H2O (Zhang et al. 2023): among the tokens older than the n_recent most recent, the one with the least
-    accumulated attention. scores [L] in stream order -> an index into L (the first one on a tie)."""
-    older = range(len(scores) - n_recent)
-    return min(older, key=lambda j: (scores[j], j))
+    accumulated attention. scores [L] in stream order -> an index into L (the first one on a tie). `top_rule`
+    below, over the older tokens, asked to keep all but one."""
+    older = list(range(len(scores) - n_recent))
+    return (set(older) - top_rule(older, dict(enumerate(scores)), len(older) - 1)).pop()
 
 
 # --- eviction policies: plain references -------------------------------------------------------------------------

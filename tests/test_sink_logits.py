@@ -166,3 +166,22 @@ def test_bad_sink_logits_are_refused(name, value, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         setattr(model, name, value)
     assert getattr(model, name) is None  # unchanged
+
+
+def test_forward_together_uses_the_sink_logits_and_values():
+    """The evaluator's B-streams decode (evaluate.forward_together) gives what `Llama.forward` gives, sink logits
+    and sink values included."""
+    from minisink.evaluate import forward_together
+    from minisink.tiny import tiny_model
+
+    model, _, _ = tiny_model(seed=0)
+    c = model.config
+    rng = np.random.default_rng(0)
+    model.sink_logits = rng.normal(size=(c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
+    model.sink_values = rng.normal(size=(c.num_hidden_layers, c.num_attention_heads, c.head_dim)).astype(np.float32)
+    together = [model.new_cache(n_sink=2, window=4) for _ in range(2)]
+    alone = [model.new_cache(n_sink=2, window=4) for _ in range(2)]
+    for t in rng.integers(0, c.vocab_size, 12):
+        got = forward_together(model, [t, t], together)
+        want = np.stack([model.forward([t], cache)[0] for cache in alone])
+        np.testing.assert_allclose(got, want, atol=1e-4)
