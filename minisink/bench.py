@@ -5,7 +5,7 @@ target), then the details. What it measures on a model folder (the default model
 median of several runs:
 - decode with a full 4 + 1020 sink cache against decode at a 16-token context, token by token interleaved; and the
   attention part of the full-cache step against reading the cache's keys and values once (its read floor);
-- load time; prefill tokens/s on a 512-token prompt; decode ms/token for 128 tokens after a short prompt;
+- load time, with and without the check that every weight is finite; prefill tokens/s on a 512-token prompt; decode ms/token for 128 tokens after a short prompt;
 - the memory floor of decode: the same weight matrices pushed through plain matrix-vector products and nothing
   else (decode is memory-bound: every weight is read once per token); decode is reported as a multiple of it;
 - transformers' float32 Llama on the same weights, same threads, same prompt (when transformers is installed), with
@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import attention, linear, load_model
+from .config import LlamaConfig
+from .model import Llama, attention, linear, load_model
 from .rope import apply_rope
+from .weights import load_weights
 
 PREFILL_TOKENS, DECODE_TOKENS, SHORT_PROMPT = 512, 128, 16
 EVALUATOR_CHUNKS = (128, 256)  # chunk sizes the evaluator is timed at
@@ -80,12 +82,21 @@ def decode_steps(model, cache, n: int, floor: bool = False):
     return steps, floors
 
 
+def load_unchecked(path):
+    """load_model without the check that every weight is finite: what that check costs is load_model's time
+    minus this one's."""
+    config = LlamaConfig.from_file(Path(path))
+    return Llama(config, load_weights(path, config, check_finite=False))
+
+
 def bench_minisink(path, repeats: int = 3) -> dict:
-    loads = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model = load_model(path)
-        loads.append(time.perf_counter() - start)
+    loads, unchecked = [], []
+    for _ in range(2 * repeats + 1):  # interleaved, so both see the same noise
+        for load, times in ((load_model, loads), (load_unchecked, unchecked)):
+            model = None  # one model in memory at a time
+            start = time.perf_counter()
+            model = load(path)
+            times.append(time.perf_counter() - start)
     ids = prompt_ids(PREFILL_TOKENS, model.config.vocab_size)
     prefill = []
     for _ in range(repeats):
@@ -99,7 +110,8 @@ def bench_minisink(path, repeats: int = 3) -> dict:
         s, f = decode_steps(model, cache, DECODE_TOKENS, floor=True)
         steps += s
         floors += f
-    return {"model": model, "load_s": statistics.median(loads), "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill),
+    return {"model": model, "load_s": statistics.median(loads), "unchecked_load_s": statistics.median(unchecked),
+            "prefill_tok_s": PREFILL_TOKENS / statistics.median(prefill),
             "decode_ms": median_ms(steps), "floor_ms": median_ms(floors)}
 
 
@@ -367,6 +379,8 @@ def run_bench(path, quick: bool = False):
     print_speed_table(m, f, e, b, eager)
     print()
     print(f"load                      {m['load_s']:7.2f} s          (target < 2 s)")
+    print(f"  the finite check's cost {m['load_s'] / m['unchecked_load_s'] - 1:+7.1%}  of a load without it "
+          f"({m['unchecked_load_s']:.3f} s; target <= 5%)")
     print(f"prefill, 512 tokens       {m['prefill_tok_s']:7.1f} tok/s")
     print(f"decode, short context     {m['decode_ms']:7.2f} ms/token = {1000 / m['decode_ms']:.1f} tok/s")
     print(f"memory floor (matvecs)    {m['floor_ms']:7.2f} ms/token")

@@ -24,7 +24,7 @@ from .cache import Cache, CacheError, FullCache, KVBlock, RecomputeWindow, SinkC
 from .config import LlamaConfig
 from .eviction import new_eviction_cache
 from .rope import Rotation, apply_rope
-from .weights import load_weights
+from .weights import checking_finite, load_weights
 
 # Long inputs are fed in chunks of this many tokens, so score matrices stay small. Each query of a chunk sees the
 # cache plus the chunk, so a 512-token prompt fed as 2 x 256 computes 3/4 of the causal scores a single chunk
@@ -386,4 +386,6 @@ def load_model(path: str | Path) -> Llama:
         raise FileNotFoundError(f"no model folder at {path}: run `python weights_fetch.py` to fetch the default "
                                 "model, or pass the path of a Hugging Face model folder")
     config = LlamaConfig.from_file(path)
-    return Llama(config, load_weights(path, config))
+    weights = load_weights(path, config, check_finite=False)
+    with checking_finite(weights, path):  # on another thread while the model copies its weights into place
+        return Llama(config, weights)

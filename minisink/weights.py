@@ -11,6 +11,10 @@ header][raw tensor bytes], header = {"name": {"dtype", "shape", "data_offsets": 
 reader must refuse what the library refuses: a header that does not exactly cover the data (stray bytes between
 the header and the data would shift every tensor), overlapping or out-of-order offsets, duplicate names, a byte
 size that does not match dtype x shape. tests/test_weights_fuzz.py feeds both thousands of damaged files.
+Every value must be finite: a NaN weight does not crash the forward pass, it turns every logit into NaN and the
+sampler then emits token 0 forever. That check is one more pass over all the weights (about 35 ms for SmolLM2's
+540 MB, 7-8% of a load here, measured in `minisink bench`); `checking_finite` runs it on a second thread while the
+model copies its weights into place, where it costs about nothing.
 The `pread` backend reads each tensor's bytes into its own array (no memory map of the whole file, so loading
 holds the file's bytes once, not twice). NumPy has no bfloat16; the library returns BF16 tensors as
 `ml_dtypes.bfloat16` (the type JAX and TensorFlow use, from the same maintainers), which converts to float32
@@ -20,6 +24,8 @@ exactly. ml_dtypes is imported only when a BF16 tensor is met: importing it take
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +41,9 @@ class WeightsError(ValueError):
 _DTYPES = ("F32", "F16", "BF16")  # what minisink converts to float32
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: str | Path, check_finite: bool = True) -> dict[str, np.ndarray]:
     """All tensors of one .safetensors file as float32 arrays; WeightsError for anything the library refuses, an
-    unsupported dtype, or a non-finite value."""
+    unsupported dtype, or (if `check_finite`) a non-finite value."""
     path = Path(path)
     tensors = {}
     try:
@@ -50,28 +56,50 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
                 if dtype == "BF16":
                     import ml_dtypes  # noqa: F401  (registers NumPy's bfloat16, which the library returns)
                 tensors[name] = f.get_tensor(name).astype(np.float32, copy=False)
-                # Checked right after the read, while part of the tensor is still in cache: 7-8% of a load here;
-                # a separate pass over all the weights, on another thread or not, cost 11%.
-                _check_finite(tensors[name], name, path)
     except SafetensorError as e:
         raise WeightsError(f"{path} is not a valid safetensors file ({e}): the file is truncated or corrupt; "
                            f"re-fetch the model") from None
     except OSError as e:
         raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
+    if check_finite:
+        check_all_finite(tensors, path)
     return tensors
 
 
-def _check_finite(w: np.ndarray, name: str, path: Path) -> None:
-    """A WeightsError naming the tensor if `w` holds a NaN or an infinity. A NaN weight does not crash the forward
-    pass: it turns every logit into NaN, and the sampler then emits token 0 forever. A NaN or an infinity anywhere
-    makes the sum of squares non-finite; only then (or if that sum overflows) is every value checked one by one."""
-    flat = w.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.dot(flat, flat)) or np.isfinite(flat).all():
-            return
-    bad = np.flatnonzero(~np.isfinite(flat))
-    raise WeightsError(f"tensor '{name}' in {path} holds {len(bad)} non-finite value(s) (NaN or inf), the first at "
-                       f"flat index {bad[0]}: the checkpoint is damaged; re-fetch the model")
+def check_all_finite(tensors: dict[str, np.ndarray], where: Path) -> None:
+    """A WeightsError naming the first tensor that holds a NaN or an infinity. A NaN or an infinity anywhere makes
+    a tensor's sum of squares non-finite; only then (or if that sum overflows) is every value looked at."""
+    for name, w in tensors.items():
+        flat = w.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)) or np.isfinite(flat).all():
+                continue
+        bad = np.flatnonzero(~np.isfinite(flat))
+        raise WeightsError(f"tensor '{name}' in {where} holds {len(bad)} non-finite value(s) (NaN or inf), the first "
+                           f"at flat index {bad[0]}: the checkpoint is damaged; re-fetch the model")
+
+
+@contextmanager
+def checking_finite(tensors: dict[str, np.ndarray], where: Path):
+    """`check_all_finite(tensors)` on a second thread while the body runs; its WeightsError is raised at the end.
+    NumPy's dot releases the GIL, so the check runs beside the body (load_model builds the model in it) instead
+    of after it. An exception from the body wins: it is what went wrong first."""
+    failed = []
+
+    def check():
+        try:
+            check_all_finite(tensors, where)
+        except WeightsError as e:
+            failed.append(e)
+
+    thread = threading.Thread(target=check, name="minisink-finite-check", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _shard_path(model_dir: Path, index: Path, shard) -> Path:
@@ -89,12 +117,12 @@ def _shard_path(model_dir: Path, index: Path, shard) -> Path:
     return path
 
 
-def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
+def read_checkpoint(model_dir: str | Path, check_finite: bool = True) -> dict[str, np.ndarray]:
     """Every tensor of a model folder: model.safetensors, or the shards named by model.safetensors.index.json."""
     model_dir = Path(model_dir)
     single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
     if single.is_file():
-        return read_safetensors(single)
+        return read_safetensors(single, check_finite)
     if not index.is_file():
         raise WeightsError(f"no model.safetensors or model.safetensors.index.json in {model_dir}: "
                            "run `minisink fetch` (or python weights_fetch.py), or point at a Hugging Face model folder")
@@ -107,7 +135,7 @@ def read_checkpoint(model_dir: str | Path) -> dict[str, np.ndarray]:
     shards = {_shard_path(model_dir, index, shard) for shard in weight_map.values()}
     tensors = {}
     for shard in sorted(shards):
-        for name, w in read_safetensors(shard).items():
+        for name, w in read_safetensors(shard, check_finite).items():
             if name in tensors:
                 raise WeightsError(f"tensor '{name}' is in two shards of {model_dir} (the second: {shard.name})")
             tensors[name] = w
@@ -140,9 +168,10 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_weights(model_dir: str | Path, config: LlamaConfig) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors, checked strictly against `config`: all present, none unexpected, shapes right."""
-    tensors = read_checkpoint(model_dir)
+def load_weights(model_dir: str | Path, config: LlamaConfig, check_finite: bool = True) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors, checked strictly against `config`: all present, none unexpected, shapes right,
+    and (if `check_finite`; load_model checks them alongside building the model) every value finite."""
+    tensors = read_checkpoint(model_dir, check_finite)
     # Buffers some old checkpoints carry, and a tied head saved anyway: harmless, not weights we read.
     for name in [n for n in tensors if n.endswith("rotary_emb.inv_freq")]:
         del tensors[name]

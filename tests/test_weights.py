@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import minisink
 from minisink import WeightsError
+from minisink.weights import checking_finite
 from tiny import write_tiny_checkpoint
 
 
@@ -84,3 +85,18 @@ def test_large_finite_weights_are_not_mistaken_for_infinities(tmp_path):
     tensors["model.norm.weight"][:] = 3e38
     save_file(tensors, path / "model.safetensors")
     assert minisink.load_model(path).norm[0] == np.float32(3e38)
+
+
+def test_the_check_beside_the_body_raises_at_the_end_and_the_body_error_wins():
+    """checking_finite runs the check on another thread while load_model builds the model: a NaN found there is
+    raised when the body ends; an exception from the body itself (what went wrong first) is raised instead."""
+    tensors = {"a": np.ones(1000, np.float32), "b": np.ones(10, np.float32)}
+    tensors["b"][3] = np.nan
+    with pytest.raises(WeightsError, match=r"'b' in here holds 1 non-finite value\(s\).*flat index 3"):
+        with checking_finite(tensors, "here"):
+            pass
+    with pytest.raises(KeyError):
+        with checking_finite(tensors, "here"):
+            raise KeyError("the body failed")
+    with checking_finite({"a": tensors["a"]}, "here"):  # all finite: nothing raised
+        pass
