@@ -398,13 +398,23 @@ class RecomputeWindow:
 
     def forward(self, model, token_ids: np.ndarray) -> np.ndarray:
         """Logits [T, V]: one fresh dense forward over the retained tokens per new token. The retained ids are
-        committed only after the last forward, so an interrupt leaves the cache as it was."""
+        committed only after the last forward, so an interrupt leaves the cache as it was.
+
+        Until the stream is longer than n_sink + W nothing is evicted: the retained tokens are the whole stream, and
+        each of those tokens' fresh forwards is a prefix of one dense forward, which gives all their logits at once
+        (the same numbers up to float32 rounding: attention is causal). That saves the first n_sink + W tokens'
+        (W^2 / 2 token-forwards); the rest cost one forward each."""
         sinks, recent, logits = self.sinks, self.recent, []
-        for token in token_ids:
+        ramp = min(len(token_ids), max(self.n_sink + self.window - self.seen, 0))  # tokens before any eviction
+        for token in token_ids[:ramp]:
             sinks, recent = self.appended(sinks, recent, token)
-            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config)))  # [V]
+        if ramp:
+            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config), ramp))  # [ramp, V]
+        for token in token_ids[ramp:]:
+            sinks, recent = self.appended(sinks, recent, token)
+            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config)))  # [1, V]
         self.sinks, self.recent, self.seen = sinks, recent, self.seen + len(token_ids)  # commit
-        return np.stack(logits)  # [T, V]
+        return np.concatenate(logits)  # [T, V]
 
     def retained(self) -> np.ndarray:
         """Stream indices of the retained tokens (the first n_sink and the last W), in stream order."""

@@ -50,22 +50,24 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int], None] | None = None, first_chunk: int | None = None) -> np.ndarray:
     """NLL [N - 1] (nats, float64) of tokens 1..N-1 of `token_ids`, each predicted from the stream before it as
-    `cache` retains it. `chunk` tokens are fed per forward (1: token-by-token streaming); `progress(n)` is called
-    with the number of tokens fed after each chunk."""
+    `cache` retains it. `chunk` tokens are fed per forward (1: token-by-token streaming), after a first chunk of
+    `first_chunk` tokens if given; `progress(n)` is called with the number of tokens fed after each chunk."""
     ids = np.asarray(token_ids)
     if ids.ndim != 1 or len(ids) < 2:
         raise ValueError(f"need a 1-D stream of at least 2 token ids to score, got shape {ids.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     nll = np.empty(len(ids) - 1)
-    for start in range(0, len(ids) - 1, chunk):  # the last token is only predicted, never fed
-        piece = ids[start:min(start + chunk, len(ids) - 1)]
-        targets = ids[start + 1:start + 1 + len(piece)]
-        nll[start:start + len(piece)] = token_nll(model.forward(piece, cache), targets)  # [T]
+    starts = list(range(first_chunk or 0, len(ids) - 1, chunk))  # the last token is only predicted, never fed
+    if first_chunk:
+        starts.insert(0, 0)
+    for start, stop in zip(starts, starts[1:] + [len(ids) - 1]):
+        piece, targets = ids[start:stop], ids[start + 1:stop + 1]
+        nll[start:stop] = token_nll(model.forward(piece, cache), targets)  # [T]
         if progress:
-            progress(start + len(piece))
+            progress(stop)
     return nll
 
 
@@ -278,8 +280,11 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
         if len(ids) > model.config.max_position_embeddings:
             notes.append(f"the stream passes the model's pre-training length "
                          f"({model.config.max_position_embeddings} tokens)")
+    first_chunk = None
     if mode == "recompute":
-        chunk = 1  # one fresh forward per token anyway; chunk 1 keeps the progress bar moving
+        # One fresh forward per token anyway: chunk 1 keeps the progress bar moving. But the first sinks + window
+        # tokens, fed as one chunk, are one dense forward (nothing is evicted yet: RecomputeWindow.forward).
+        chunk, first_chunk = 1, min(sinks + window, len(ids) - 1)
         start = time.perf_counter()
         model.forward(ids[:min(len(ids), sinks + window)], model.new_cache())
         step = time.perf_counter() - start
@@ -291,7 +296,7 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
     bar = _progress_bar(len(ids) - 1, progress, f"{mode}")
     start = time.perf_counter()
     try:
-        nll = stream_nll(model, ids, cache, chunk, bar.update_to if bar else None)[skip:]  # the text's own tokens
+        nll = stream_nll(model, ids, cache, chunk, bar.update_to if bar else None, first_chunk)[skip:]  # the text's
     finally:
         if bar:
             bar.close()

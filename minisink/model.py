@@ -305,14 +305,17 @@ class Llama:
             np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
         return logits
 
-    def last_logits(self, token_ids, cache: Cache) -> np.ndarray:
-        """Logits [V] of the last of `token_ids` only, fed into `cache` as `forward` feeds them: the LM head (a
-        [V, d_model] product per row, the largest of the model) is applied to that one row. The recompute baseline
-        needs no more."""
+    def last_logits(self, token_ids, cache: Cache, n: int = 1) -> np.ndarray:
+        """Logits [n, V] of the last n of `token_ids` only, fed into `cache` as `forward` feeds them: the LM head (a
+        [V, d_model] product per row, the largest of the model) is applied to those rows alone. The recompute
+        baseline needs no more."""
         token_ids = self._check_ids(token_ids)
+        first = len(token_ids) - n  # the first row whose logits are wanted
+        rows = []
         for start in range(0, len(token_ids), PREFILL_CHUNK):
             x = self.forward_chunk(token_ids[start:start + PREFILL_CHUNK], cache)  # [chunk, d_model]
-        return (x[-1:] @ self.lm_head.T)[0]  # [V]
+            rows.append(x[max(first - start, 0):])  # the chunk's rows among the last n (none before `first`)
+        return np.concatenate(rows) @ self.lm_head.T  # [n, V]
 
     def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None,
                       layer_hook=None) -> np.ndarray:

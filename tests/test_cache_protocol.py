@@ -80,7 +80,11 @@ def test_an_interrupted_chunk_leaves_every_cache_as_it_was(run):
     for chunk, fault in zip(chunks, faults):
         if fault is not None:
             where, n, error = fault
-            calls = layers * (len(chunk) if kind == "recompute" else 1)  # attention / blocks calls in the chunk
+            forwards = 1  # recompute: one forward per token, but one for all the tokens before any eviction
+            if kind == "recompute":
+                ramp = min(len(chunk), max(S + W - cache.seen, 0))
+                forwards = (ramp > 0) + len(chunk) - ramp
+            calls = layers * forwards  # attention / blocks calls in the chunk
             if where == "attention":
                 patch = raising(minisink.model, "attention", n % calls, error)
             elif kind == "recompute":  # its inner forwards run on fresh FullCaches
@@ -122,12 +126,13 @@ class RowsRecorder(np.ndarray):
 
 def test_recompute_applies_the_lm_head_to_the_last_row_only():
     """The recompute baseline runs a forward over its whole window per token but needs the last row's logits only:
-    the LM head multiplies one row per token, and the logits are those of the full forward's last row."""
+    the LM head multiplies one row per token (the first 6, before any eviction, come from one forward: 6 rows),
+    and the logits are those of the full forward's last row."""
     m = tiny_model(seed=5)
     ids = np.random.default_rng(5).integers(0, VOCAB, 12)
     want = [m.forward(ids[max(0, t - 5):t + 1], m.new_cache())[-1] for t in range(12)]  # window 6, no sinks
     m.lm_head = m.lm_head.view(RowsRecorder)
     RowsRecorder.rows = []
     got = m.forward(ids, m.new_cache(window=6, recompute=True))
-    assert RowsRecorder.rows == [1] * 12, RowsRecorder.rows
+    assert RowsRecorder.rows == [6] + [1] * 6, RowsRecorder.rows
     np.testing.assert_allclose(got, np.stack(want), atol=1e-5)

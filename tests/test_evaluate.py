@@ -195,3 +195,15 @@ def test_real_model_window_without_sinks_collapses(real_model, real_tokenizer):
     print(f"window 24: {perplexity(window.nll[48:]):.2f}, 4 sinks + 20: {perplexity(sinks.nll[48:]):.2f}")
     assert perplexity(window.nll[48:]) > 2 * perplexity(sinks.nll[48:])
     np.testing.assert_allclose(window.nll[:23], sinks.nll[:23], atol=1e-3)  # the same until the first eviction
+
+
+def test_a_first_chunk_of_another_size_gives_the_same_nlls():
+    """run_ppl feeds the recompute baseline's first sinks + window tokens as one chunk, then one token at a time."""
+    model, ids = MODELS[0], stream(0, 30)
+    for make in (lambda: model.new_cache(n_sink=2, window=7, recompute=True), lambda: model.new_cache(n_sink=2, window=7)):
+        want = stream_nll(model, ids, make(), chunk=1)
+        for first in (1, 9, 29, 40):
+            fed = []
+            got = stream_nll(model, ids, make(), chunk=4, progress=fed.append, first_chunk=first)
+            np.testing.assert_allclose(got, want, atol=TOL)
+            assert fed[0] == min(first, 29) and fed[-1] == 29 and all(b - a <= 4 for a, b in zip(fed, fed[1:]))
