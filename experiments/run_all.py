@@ -1,7 +1,7 @@
 """Run the experiments of docs/results.md on the default model; write one .npz per run into --out (runs/).
 
-    python experiments/run_all.py --out runs/                    # the full set (about 15 minutes on 2 quiet cores)
-    python experiments/run_all.py --preset class --out runs/     # a classroom version: shorter streams, ~3 minutes
+    python experiments/run_all.py --out runs/                    # the full set (9 minutes on 2 quiet cores)
+    python experiments/run_all.py --preset class --out runs/     # a classroom version: shorter streams, 2-3 minutes
     python experiments/run_all.py --out runs/ --only sink_4_252 window_256
     python experiments/make_report.py --runs runs/               # the tables, the conclusions (PASS/FAIL), plots
 
@@ -50,9 +50,10 @@ class Preset:
 PRESETS = {
     # What a full run costs on 2 quiet cores, by the per-token figures of docs/results.md: the dense run dominates
     # (its attention grows with the stream: quadratic in total; ~10 min at 20,000 tokens), then recompute
-    # (0.4 s per token at C = 256) and the four 20,000-token runs (~70 s each). So: dense over 14,000 tokens, enough
+    # (0.4 s per token at C = 256) and the three 20,000-token runs (~70 s each). So: dense over 14,000 tokens, enough
     # to show its failure (it starts near 10,000), recompute over 500 (tokens 257-499 are its steady state), and
-    # the S = 0 renumbering run, identical by construction, over 8,000. About 15 minutes instead of 20-25.
+    # the S = 0 renumbering run, identical by construction, over 8,000. Timed on 2 quiet cores: 8 min 51 s (the
+    # three 20,000-token runs 50-54 s each, dense 110 s, recompute 100 s, the latency curve about 40 s).
     "full": Preset("full", cache=256, long=20000, short=8000, recompute=500, dense=14000, sinks=(1, 2, 8),
                    windows=(124, 508, 1020), latency=True),
     # The class preset keeps the full run's cache (at 128 the sink cache fell 7.5% behind recompute, against 3% at
