@@ -5,8 +5,15 @@ waits for its slowest thread, so when another process holds one of the cores, ea
 next time slice. Measured on a 2-core machine (README, Speed): beside one `while True: pass` process decode with
 OpenBLAS's default 2 threads fell to 0.30x of its quiet speed, with 1 thread it kept about 0.6x; but on the quiet
 machine 1 thread is about 45% slower than 2. No fixed number is right for both, and a laptop changes between the
-two all day, so the decode loop measures: `ThreadChooser` times a few steps at each thread count, keeps the faster,
-runs on it for a while (64 steps, doubling up to 1024 while the choice holds), then times both again.
+two all day, so the decode loop measures: `ThreadChooser` times a few steps at each thread count, keeps the one
+with the lower mean step time, runs on it for a while (16 steps, doubling up to 1024 while the choice holds), then
+probes again, judging the count it ran on by every step since the last choice.
+
+Why the mean and not the median: beside a busy process, most 2-thread steps run at about 1 thread's speed and a
+few take 3-6x longer (when the core OpenBLAS's second thread waits for is taken). Measured here, 64-token decodes
+beside a `while True: pass` process: 2 threads fixed 92 ms/token, 1 thread 51; a median-based chooser, which saw
+two ordinary 2-thread steps in its probe, chose 2 threads and ran at 95. What a thread count costs is its total
+time, i.e. its mean step time.
 
 What it does not: touch the forward pass (the model knows nothing of threads), or choose threads for a prefill
 (large matrix products, where more threads pay even on a loaded machine). The thread count does not change the
@@ -22,46 +29,57 @@ from collections import deque
 from contextlib import contextmanager
 
 
-# A probe step this many times slower than the probe's fastest ends its thread count's probe. Probing costs the
-# steps run at the slower count, and under heavy load 2 threads ran 10x slower than 1 here (README, Speed); a
-# rarer hiccup that large costs one period on the wrong count.
+# A probe step this many times slower than the fastest step since the last choice ends its thread count's probe.
+# Probing costs the steps run at the slower count, and under heavy load 2 threads ran 10x slower than 1 here
+# (docs/performance.md, "A busy machine").
 ABANDON = 3.0
+# The count that ran the period is kept unless another's mean is at least this much lower: a probe sees only a few
+# steps of the other count (beside a busy process, 2 threads' slow steps are one in several), so a near-tie keeps
+# the count whose mean was measured over the whole period.
+SWITCH_MARGIN = 0.10
 
 
 class ThreadChooser:
     """The decision alone, fed step times (so tests can feed it any timings): which thread count to run next.
 
     `next_threads()` says how many threads the next step runs on; `record(threads, seconds)` reports how long it
-    took. A probe runs the candidates interleaved, `probes` steps each; the median wins.
+    took. A probe runs the candidates interleaved, `probes` steps each; then the count with the lowest mean step
+    time since the last choice wins, if by SWITCH_MARGIN over the count that ran the period (which is judged by
+    the period's steps as well, so its occasional slow steps count).
     """
 
-    def __init__(self, choices, probes: int = 2, period: int = 64, max_period: int = 1024):
+    def __init__(self, choices, probes: int = 2, period: int = 16, max_period: int = 1024):
         self.choices = sorted(set(choices))  # e.g. [1, 2] on a 2-core machine
         self.probes, self.first_period, self.max_period = probes, period, max_period
         self.best = self.choices[0] if len(self.choices) == 1 else None  # None: not measured yet
         self.period = period  # steps to run on `best` before the next probe
         self.plan: deque[int] = deque(self.choices * probes if len(self.choices) > 1 else [])  # steps of a probe
-        self.times: dict[int, list[float]] = {n: [] for n in self.choices}
+        self.times: dict[int, list[float]] = {n: [] for n in self.choices}  # step times since the last choice
         self.countdown = 0  # steps left on `best` before the next probe
 
     def next_threads(self) -> int:
         return self.plan[0] if self.plan else self.best
 
     def record(self, threads: int, seconds: float):
+        if len(self.choices) == 1:
+            return
+        self.times[threads].append(seconds)
         if self.plan:  # a probe step
             self.plan.popleft()
-            self.times[threads].append(seconds)
             if seconds > ABANDON * min(min(t) for t in self.times.values() if t):
                 self.plan = deque(n for n in self.plan if n != threads)  # clearly slower: no more steps of it
             if not self.plan:
                 self._decide()
-        elif len(self.choices) > 1:
+        else:
             self.countdown -= 1
             if self.countdown <= 0:
                 self.plan.extend(self.choices * self.probes)
 
     def _decide(self):
-        best = min(self.choices, key=lambda n: statistics.median(self.times[n]))
+        means = {n: statistics.fmean(t) for n, t in self.times.items() if t}
+        best = min(means, key=means.get)
+        if self.best in means and means[best] > (1 - SWITCH_MARGIN) * means[self.best]:
+            best = self.best  # not clearly faster: keep the count measured over the period
         # Same answer again: the machine is steady, check less often. A change: check again soon.
         self.period = min(2 * self.period, self.max_period) if best == self.best else self.first_period
         self.best, self.countdown = best, self.period
