@@ -227,8 +227,7 @@ def bench_full_step(model, n: int = 64) -> dict:
     """Decode with a full 4 + 1020 sink cache against decode at a 16-token context (the bench's short-context
     decode, a fresh 16-token prompt every 16 tokens), one token of each in turn so that both see the same noise;
     then the attention part of the full-cache step against its read floor, also in turn, each right after a pass
-    over the weights: in a decode step the keys and values come from memory, so the floor is timed that way too, not
-    straight after the attention has pulled the same 47 MB into the caches (which made it look 1.6x cheaper)."""
+    over the weights, so that both read the keys and values from memory, as a decode step does."""
     sink = model.new_cache(n_sink=4, window=1020)
     fill(model, sink, 1100)
     full, short, attn, read = [], [], [], []
