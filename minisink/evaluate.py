@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .cache import available_memory, kv_bytes_per_token
 from .model import PREFILL_CHUNK, attention, rms_norm, silu
 from .rope import apply_rope
@@ -349,7 +350,7 @@ def check_out(path, n_tokens: int) -> None:
         raise ValueError(f"--out {path}: a file is in the way of the folder {path.parent}") from None
     except OSError as e:
         raise ValueError(f"--out {path}: cannot make the folder {path.parent} ({e.strerror})") from None
-    probe = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # the temporary name save_run writes first
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # save_run writes a temporary sibling first
     try:
         probe.touch()
         probe.unlink()
@@ -362,23 +363,18 @@ def check_out(path, n_tokens: int) -> None:
 
 
 def save_run(run: PplRun, path, source: str = "", model: str = "") -> Path:
-    """Write the run to `path`, atomically (a temporary name, then os.replace). `.csv`: a `# key=value` header and
+    """Write the run to `path`, atomically (minisink/atomic.py). `.csv`: a `# key=value` header and
     one `token,nll` row per scored token (token = its index in the stream); anything else: a .npz with `nll` and
     every setting as a 0-d array."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {**run.settings(), "source": source, "model": model}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if path.suffix == ".csv":
-            with open(tmp, "w") as f:
-                f.writelines(f"# {k}={v}\n" for k, v in meta.items())
-                f.write("token,nll\n")
-                f.writelines(f"{i + 1},{x:.6f}\n" for i, x in enumerate(run.nll))
-        else:
-            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
-                np.savez(f, nll=run.nll, **{k: np.asarray(v) for k, v in meta.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if path.suffix == ".csv":
+        with atomic_write(path, "w") as f:
+            f.writelines(f"# {k}={v}\n" for k, v in meta.items())
+            f.write("token,nll\n")
+            f.writelines(f"{i + 1},{x:.6f}\n" for i, x in enumerate(run.nll))
+    else:
+        with atomic_write(path) as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, nll=run.nll, **{k: np.asarray(v) for k, v in meta.items()})
     return path

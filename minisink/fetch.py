@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import gguf
+from .atomic import alive
 from .gguf import write_json
 
 DEFAULT_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -117,16 +118,6 @@ def _builder() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, and belongs to another user
-    return True
-
-
 def _remove_abandoned(dest: Path, progress: bool) -> None:
     """Remove the temporary siblings of `dest` (`NAME.tmp-HOST.PID-*`, `NAME.old-HOST.PID-*`) left by a run on this
     host whose process is gone: each can hold half a gigabyte. Those of live processes, and of other hosts sharing
@@ -138,7 +129,7 @@ def _remove_abandoned(dest: Path, progress: bool) -> None:
         prefix = f"{dest.name}.{kind}-{host}."
         for folder in dest.parent.glob(f"{glob.escape(prefix)}*"):
             pid = folder.name[len(prefix):].split("-")[0]
-            if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            if folder.is_dir() and pid.isdigit() and not alive(int(pid)):
                 shutil.rmtree(folder, ignore_errors=True)
                 say(progress, f"removed {folder}, left by an interrupted fetch")
 

@@ -21,7 +21,7 @@ one quantized differently, is refused.
 
 Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
 renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one (and,
-if it struck mid-save, the temporary `.NAME.tmp-PID` beside it, safe to delete).
+if it struck mid-save, the temporary `.NAME.tmp-HOST.PID` beside it, which the next save removes).
 What it does not: save `RecomputeWindow` (it holds token ids, not state worth a format) or the eviction caches.
 """
 
@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import weakref
 import zipfile
 import zlib
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .cache import FullCache, SinkCache
 
 FORMAT, VERSION = "minisink-session", 1
@@ -86,23 +86,12 @@ def save(path, model, cache, extra: dict | None = None) -> Path:
 
 
 def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """np.savez to a temporary sibling, fsync, rename over `path`, fsync the folder (so the rename is durable)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """np.savez to `path` atomically and durably (minisink/atomic.py)."""
     try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+        with atomic_write(path) as f:  # a file object: np.savez would append .npz to a bare name
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
     except OSError as e:
         raise SessionError(f"cannot write the session {path}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
     return path
 
 

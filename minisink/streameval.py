@@ -24,7 +24,6 @@ run of digits in the generated text.
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .model import PREFILL_CHUNK
 
 TASKS = ("passkey", "lines")
@@ -148,17 +148,12 @@ def accuracy_line(results: list[Query]) -> str:
 
 
 def save_csv(results: list[Query], path, settings: dict) -> Path:
-    """Every query, one row each, with a `# key=value` header; written to a temporary name then renamed."""
+    """Every query, one row each, with a `# key=value` header; written atomically (minisink/atomic.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.writelines(f"# {k}={v}\n" for k, v in settings.items())
-            writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
-            writer.writeheader()
-            writer.writerows(asdict(q) for q in results)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w", newline="") as f:
+        f.writelines(f"# {k}={v}\n" for k, v in settings.items())
+        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+        writer.writeheader()
+        writer.writerows(asdict(q) for q in results)
     return path

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 
 from .evaluate import kv_bytes_per_token, perplexity, stream_nll
 

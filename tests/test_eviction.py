@@ -26,7 +26,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from minisink import CacheError
-from minisink.evaluate import forward_together, run_ppl, stream_nll, stream_nll_together
+from minisink.evaluate import run_ppl, stream_nll, stream_nll_together
 from minisink.eviction import H2OCache, SnapKVCache, TOVACache
 from minisink.reference import EvictionReference
 from tiny import tiny_model

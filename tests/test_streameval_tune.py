@@ -132,7 +132,6 @@ def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
     """`ppl --mode h2o --budget 8 16` writes one run per budget, each equal to its own token-by-token run."""
     from minisink import load_model
     from minisink.cli import main
-    from minisink.evaluate import load_text_ids
 
     path, text = checkpoint
     assert main(["ppl", "--model", str(path), "--text", str(text), "--tokens", "60", "--mode", "h2o", "--budget",

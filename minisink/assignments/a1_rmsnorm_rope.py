@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from minisink.cache import FullCache
-from minisink.model import rms_norm
 from minisink.rope import Rotation, apply_rope, rotation
 
 from .common import CASES, close, model_case, run, run_model, torch_or_skip, transformers_logits

@@ -35,6 +35,7 @@ import numpy as np
 
 import minisink
 
+from ..atomic import atomic_write
 from .common import Fail, Run, Skip
 from .sandbox import decode, encode
 
@@ -418,14 +419,9 @@ def write_csv(rows: list[tuple[str, Result]], path) -> Path:
     """submission, check, result, message: one row per check per submission; written to a temporary name, then
     renamed, so the file is never half-written."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["submission", "check", "result", "message"])
-            writer.writerows([submission, r.check, r.result, r.message] for submission, r in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["submission", "check", "result", "message"])
+        writer.writerows([submission, r.check, r.result, r.message] for submission, r in rows)
     return path
 

@@ -9,11 +9,11 @@ solution. Relative imports become absolute (`from minisink.cache import ...`), s
 from __future__ import annotations
 
 import ast
-import os
 import re
 import textwrap
 from pathlib import Path
 
+from ..atomic import atomic_write
 from . import DOCS, PACKAGE
 
 
@@ -100,11 +100,7 @@ def write(a, folder, solution: bool = False, force: bool = False) -> list[tuple[
         if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
             done.append((path, "unchanged"))
             continue
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write(text)
         done.append((path, "replaced" if path in differ else "wrote"))
     return done
