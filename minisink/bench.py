@@ -5,7 +5,8 @@ target), then the details. What it measures on a model folder (the default model
 median of several runs:
 - decode with a full 4 + 1020 sink cache against decode at a 16-token context, token by token interleaved; and the
   attention part of the full-cache step against reading the cache's keys and values once (its read floor);
-- load time, with and without the check that every weight is finite; prefill tokens/s on a 512-token prompt; decode ms/token for 128 tokens after a short prompt;
+- load time, with and without the check that every weight is finite; prefill tokens/s on a 512-token prompt;
+  decode ms/token for 128 tokens after a short prompt;
 - the memory floor of decode: the same weight matrices pushed through plain matrix-vector products and nothing
   else (decode is memory-bound: every weight is read once per token); decode is reported as a multiple of it;
 - transformers' float32 Llama on the same weights, same threads, same prompt (when transformers is installed), with

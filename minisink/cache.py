@@ -404,8 +404,8 @@ class RecomputeWindow:
 
         Until the stream is longer than n_sink + W nothing is evicted: the retained tokens are the whole stream, and
         each of those tokens' fresh forwards is a prefix of one dense forward, which gives all their logits at once
-        (the same numbers up to float32 rounding: attention is causal). That saves the first n_sink + W tokens'
-        (W^2 / 2 token-forwards); the rest cost one forward each."""
+        (the same numbers up to float32 rounding: attention is causal). That saves about W^2 / 2 token-forwards over
+        the first n_sink + W tokens; the rest cost one forward each."""
         sinks, recent, logits = self.sinks, self.recent, []
         ramp = min(len(token_ids), max(self.n_sink + self.window - self.seen, 0))  # tokens before any eviction
         for token in token_ids[:ramp]:
