@@ -289,8 +289,9 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
         start = time.perf_counter()
         model.forward(ids[:min(len(ids), sinks + window)], model.new_cache())
         step = time.perf_counter() - start
-        estimate = f"recompute: ~{step:.2f} s per token once the window is full, ~{step * (len(ids) - 1) / 60:.1f} min " \
-                   f"for {len(ids)} tokens (O(W^2) per token; --tokens limits it)"
+        steps = 1 + len(ids) - 1 - first_chunk  # the first chunk's one forward, then one per token
+        estimate = f"recompute: ~{step:.2f} s per token once the window is full, ~{step * steps / 60:.1f} min for " \
+                   f"{len(ids)} tokens (O(W^2) per token; --tokens limits it)"
         notes.append(estimate)
         if say:
             say(estimate)

@@ -200,7 +200,8 @@ def test_real_model_window_without_sinks_collapses(real_model, real_tokenizer):
 def test_a_first_chunk_of_another_size_gives_the_same_nlls():
     """run_ppl feeds the recompute baseline's first sinks + window tokens as one chunk, then one token at a time."""
     model, ids = MODELS[0], stream(0, 30)
-    for make in (lambda: model.new_cache(n_sink=2, window=7, recompute=True), lambda: model.new_cache(n_sink=2, window=7)):
+    for recompute in (True, False):
+        make = lambda: model.new_cache(n_sink=2, window=7, recompute=recompute)  # noqa: E731
         want = stream_nll(model, ids, make(), chunk=1)
         for first in (1, 9, 29, 40):
             fed = []
