@@ -17,7 +17,8 @@ zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` nam
 The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
 forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what
 the saved keys and values depend on, whatever file format the weights came from: another checkpoint, or the same
-one quantized differently, is refused.
+one quantized differently, is refused. So is a model whose sink logits (chapter 05) differ from the ones the
+session was saved with: the forward pass uses them, and the keys of every layer after the first depend on them.
 
 Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
 renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one (and,
@@ -52,24 +53,40 @@ class SessionError(ValueError):
 _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+SINK_ARRAYS = ("_sink_logits", "_sink_values")  # the model's settable sink logits (chapter 05): not weights
+
+
 def weights_sha256(model) -> str:
-    """sha256 over every array of `model` and of its layers (by attribute name: name, dtype, shape, bytes)."""
+    """sha256 over every weight array of `model` and of its layers (by attribute name: name, dtype, shape,
+    bytes). Computed once per model object: the weights do not change."""
     if model not in _fingerprints:
         digest, seen = hashlib.sha256(), set()
         for owner in [model, *model.layers]:
             for name, array in sorted(vars(owner).items()):
-                if isinstance(array, np.ndarray) and id(array) not in seen:  # a tied LM head is hashed once
-                    seen.add(id(array))
+                if isinstance(array, np.ndarray) and id(array) not in seen and name not in SINK_ARRAYS:
+                    seen.add(id(array))  # a tied LM head is hashed once
                     digest.update(f"{name} {array.dtype} {array.shape};".encode())
                     digest.update(np.ascontiguousarray(array).data)
         _fingerprints[model] = digest.hexdigest()
     return _fingerprints[model]
 
 
+def sinks_sha256(model) -> str | None:
+    """sha256 of the model's sink logits and sink values as they are now (None without sink logits): the forward
+    pass uses them, so the cached keys and values of every layer after the first depend on them too."""
+    if model.sink_logits is None:
+        return None
+    digest = hashlib.sha256(np.ascontiguousarray(model.sink_logits).data)
+    if model.sink_values is not None:
+        digest.update(np.ascontiguousarray(model.sink_values).data)
+    return digest.hexdigest()
+
+
 def model_identity(model) -> dict:
-    """What a session is only valid with: the config (as JSON would hold it) and the weights' sha256."""
+    """What a session is only valid with: the config (as JSON would hold it), the weights' sha256 and the sink
+    logits' (None without)."""
     config = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples -> lists, as they come back
-    return {"config": config, "weights_sha256": weights_sha256(model)}
+    return {"config": config, "weights_sha256": weights_sha256(model), "sinks_sha256": sinks_sha256(model)}
 
 
 # ---- save ----------------------------------------------------------------------------------------------------
@@ -146,6 +163,16 @@ def check_identity(header: dict, model, path: Path):
         raise SessionError(f"{path} was saved with other weights (sha256 {str(saved.get('weights_sha256'))[:12]}..., "
                            f"this model's {ours['weights_sha256'][:12]}...); resume it with the model that wrote it, "
                            "or start a new session")
+    if saved.get("sinks_sha256") != ours["sinks_sha256"]:
+        if saved.get("sinks_sha256") is None:
+            what = "without sink logits, and this model has some"
+        elif ours["sinks_sha256"] is None:
+            what = "with sink logits, and this model has none"
+        else:
+            what = "with other sink logits (or sink values) than this model's"
+        raise SessionError(f"{path} was saved {what} (chapter 05): its keys and values were computed with those, so "
+                           "resume it with the same --sink-logits / --sink-value as when it started, or start a new "
+                           "session")
 
 
 def _int(counters: dict, name: str, low: int, path: Path) -> int:

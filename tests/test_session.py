@@ -147,6 +147,32 @@ def test_another_model_is_refused(saved):
     refused(path, tiny_model(rope_theta=500000.0), "another config")  # same shapes, other computation
 
 
+def test_sink_logits_are_part_of_the_identity(tmp_path):
+    """The forward pass uses the model's sink logits (chapter 05), so the keys and values of a session saved with
+    them hold only with the same ones: resuming without them, or with others, is refused; with the same, exact."""
+    model = tiny_model()
+    c = model.config
+    sigma = np.random.default_rng(3).normal(0, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
+    ids = np.random.default_rng(4).integers(0, c.vocab_size, 30)
+    model.sink_logits = sigma
+    cache = model.new_cache(n_sink=2, window=8)
+    model.forward(ids[:20], cache)
+    path = session.save(tmp_path / "s.npz", model, cache)
+    model.sink_logits = None
+    refused(path, model, "saved with sink logits, and this model has none")
+    model.sink_logits = sigma + 1
+    refused(path, model, r"saved with other sink logits \(or sink values\) than this model's")
+    model.sink_logits = sigma
+    model.sink_values = np.ones((c.num_hidden_layers, c.num_attention_heads, c.head_dim), np.float32)
+    refused(path, model, "other sink logits")  # a sink value too is another computation
+    model.sink_values = None
+    loaded, _ = session.load(path, model)
+    np.testing.assert_array_equal(model.forward(ids[20:], loaded), model.forward(ids[20:], cache))
+    plain = session.save(tmp_path / "p.npz", model := tiny_model(), model.new_cache(n_sink=2, window=8))
+    model.sink_logits = sigma
+    refused(plain, model, "saved without sink logits, and this model has some")
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda h, a: h.update(version=2), "version 2"),
     (lambda h, a: h.update(format="something else"), "not a minisink session"),
