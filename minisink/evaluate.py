@@ -37,17 +37,25 @@ from .model import PREFILL_CHUNK, attention, rms_norm, silu
 from .rope import apply_rope
 
 
+NLL_ROWS = 8  # rows of logits per step of token_nll: 8 x 49,152 floats (1.5 MB) stay in a core's L2 cache
+
+
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log softmax(logits)[target] per row, [T, V] + [T] -> [T] float64: logsumexp - the target's logit.
 
     The exponentials stay in float32 (after subtracting the row max, so none overflows) and are summed in float64:
-    a full float64 log-softmax of [512, 49152] logits costs as much as a third of the forward pass."""
-    rows = np.arange(len(targets))
-    top = logits.max(axis=-1)  # [T]
-    e = logits - top[:, None]  # [T, V]
-    np.exp(e, out=e)  # in place: no second [T, V] temporary
-    lse = np.log(e.sum(axis=-1, dtype=np.float64)) + top  # [T]
-    return lse - logits[rows, targets].astype(np.float64)
+    a full float64 log-softmax of [512, 49152] logits costs as much as a third of the forward pass. NLL_ROWS rows
+    at a time, in one reused buffer, so that the subtraction, exp and sum read the rows from cache, not memory:
+    about twice as fast as whole [T, V] passes here, the same numbers."""
+    lse = np.empty(len(targets))  # [T]
+    buffer = np.empty((NLL_ROWS, logits.shape[1]), dtype=np.float32)
+    for start in range(0, len(targets), NLL_ROWS):
+        x = logits[start:start + NLL_ROWS]  # [rows, V]
+        top = x.max(axis=-1)  # [rows]
+        e = np.subtract(x, top[:, None], out=buffer[:len(x)])
+        np.exp(e, out=e)
+        lse[start:start + len(x)] = np.log(e.sum(axis=-1, dtype=np.float64)) + top
+    return lse - logits[np.arange(len(targets)), targets].astype(np.float64)
 
 
 def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
