@@ -409,18 +409,18 @@ def run_bench(path, quick: bool = False):
     print(f"full cache, ~2,000 cached {c['full_2000_ms']:7.2f} ms/token")
     print(f"recompute, window 1024    {c['recompute_1024_ms']:7.1f} ms/token")
     print(f"  recompute / sink        {c['recompute_1024_ms'] / c['sink_1100_ms']:7.1f} x        (target >= 20)")
-    print(f"\ndecode beside one busy process (a child spinning `while True: pass`), automatic BLAS threads")
+    print("\ndecode beside one busy process (a child spinning `while True: pass`), automatic BLAS threads")
     print(f"  quiet                   {b['quiet']:7.2f} ms/token")
     print(f"  busy                    {b['busy']:7.2f} ms/token")
     print(f"  busy / quiet speed      {b['quiet'] / b['busy']:7.2f} x        (target >= 0.45)")
     print(f"  busy, {b['default_threads']} threads fixed   {b['quiet'] / b['busy_fixed']:7.2f} x        "
           "(the BLAS's default, for comparison)")
     v = bench_eviction(model)
-    print(f"\npolicies that read attention, budget 1024, decode (interleaved with the sink cache, medians)")
+    print("\npolicies that read attention, budget 1024, decode (interleaved with the sink cache, medians)")
     for name in ("h2o", "tova"):
         print(f"  {name:<5} {v[name]:7.2f} ms/token = {v[name + '/sink']:.2f} x the sink cache's {v['sink']:.2f}"
               "  (target <= 1.5)")
-    print(f"\nevaluator, sink cache 4+1020 in steady state (stream_nll: the same NLLs either way)")
+    print("\nevaluator, sink cache 4+1020 in steady state (stream_nll: the same NLLs either way)")
     print(f"  token by token          {e['token_ms']:7.2f} ms/token")
     for size in EVALUATOR_CHUNKS:
         print(f"  chunks of {size:<4}          {e[size]:7.2f} ms/token = {e['token_ms'] / e[size]:.1f} x faster"

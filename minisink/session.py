@@ -53,17 +53,15 @@ class SessionError(ValueError):
 _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-SINK_ARRAYS = ("_sink_logits", "_sink_values")  # the model's settable sink logits (chapter 05): not weights
-
-
 def weights_sha256(model) -> str:
     """sha256 over every weight array of `model` and of its layers (by attribute name: name, dtype, shape,
-    bytes). Computed once per model object: the weights do not change."""
+    bytes). Computed once per model object: the weights do not change. The sink logits and values (chapter 05)
+    are settable, not weights: `sinks_sha256` covers them."""
     if model not in _fingerprints:
-        digest, seen = hashlib.sha256(), set()
+        digest, seen = hashlib.sha256(), {id(model.sink_logits), id(model.sink_values)}  # skipped
         for owner in [model, *model.layers]:
             for name, array in sorted(vars(owner).items()):
-                if isinstance(array, np.ndarray) and id(array) not in seen and name not in SINK_ARRAYS:
+                if isinstance(array, np.ndarray) and id(array) not in seen:
                     seen.add(id(array))  # a tied LM head is hashed once
                     digest.update(f"{name} {array.dtype} {array.shape};".encode())
                     digest.update(np.ascontiguousarray(array).data)

@@ -37,7 +37,7 @@ TASKS = {"attention": task_attention, "model": run_model}
 
 def random_blocks(rng, T, Hkv, D, n_blocks, rotate):
     blocks = []
-    for i in range(n_blocks):
+    for _ in range(n_blocks):
         L = int(rng.integers(1, 6))
         mask = None
         if rng.random() < 0.6:
