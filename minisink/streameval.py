@@ -33,9 +33,9 @@ import numpy as np
 
 from .atomic import atomic_write
 from .model import PREFILL_CHUNK
+from .spec import CacheSpec, new_cache
 
 TASKS = ("passkey", "lines")
-POLICIES = ("dense", "window", "sink", "recompute", "h2o", "tova")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PREAMBLE = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
             "I will quiz you about it.\n")
@@ -54,21 +54,6 @@ class Query:
     expected: str
     answer: str  # the generated text
     correct: bool
-
-
-def make_cache(model, policy: str, sinks: int, window: int):
-    """The cache of a policy; h2o and tova get a budget of sinks + window tokens (the sink cache's memory)."""
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    if policy == "dense":
-        return model.new_cache()
-    if policy == "window":
-        return model.new_cache(n_sink=0, window=sinks + window)
-    if policy == "sink":
-        return model.new_cache(n_sink=sinks, window=window)
-    if policy == "recompute":
-        return model.new_cache(n_sink=sinks, window=window, recompute=True)
-    return model.new_cache(policy=policy, budget=sinks + window)
 
 
 def feed(model, cache, ids, chunk: int) -> np.ndarray:
@@ -111,18 +96,18 @@ def lines_pieces(tok, distance: int, n: int, rng) -> Iterator[tuple[list[int], s
                                 f"{target} is <"), values[target], distance
 
 
-def run_streameval(model, tok, task: str, policy: str, sinks: int = 4, window: int = 252, distance: int = 100,
-                   queries: int = 10, seed: int = 0,
+def run_streameval(model, tok, task: str, spec: CacheSpec, distance: int = 100, queries: int = 10, seed: int = 0,
                    report: Callable[[Query, int, int], None] | None = None) -> list[Query]:
-    """Stream the task through the policy's cache, answering each question greedily; `report(query, right,
-    asked)` after each. Returns every query."""
+    """Stream the task through the cache of `spec` (minisink/spec.py), answering each question greedily;
+    `report(query, right, asked)` after each. Returns every query."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if queries < 1:
         raise ValueError(f"--queries must be >= 1, got {queries}")
-    cache = make_cache(model, policy, sinks, window)
+    cache = new_cache(model, spec)
     chunk = 1 if getattr(cache, "wants_attention", False) else PREFILL_CHUNK  # h2o, tova decide per token
-    pieces = (passkey_pieces if task == "passkey" else lines_pieces)(tok, distance, queries, np.random.default_rng(seed))
+    make_pieces = passkey_pieces if task == "passkey" else lines_pieces
+    pieces = make_pieces(tok, distance, queries, np.random.default_rng(seed))
     out, position, right = [], 0, 0
     for i, (ids, expected, dist) in enumerate(pieces):
         logits = feed(model, cache, np.asarray(ids), chunk)
