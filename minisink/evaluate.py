@@ -61,7 +61,7 @@ def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
     starts = list(range(first_chunk or 0, len(ids) - 1, chunk))  # the last token is only predicted, never fed
     if first_chunk:
         starts.insert(0, 0)
-    for start, stop in zip(starts, starts[1:] + [len(ids) - 1]):
+    for start, stop in zip(starts, starts[1:] + [len(ids) - 1], strict=True):
         piece, targets = ids[start:stop], ids[start + 1:stop + 1]
         nll[start:stop] = token_nll(model.forward(piece, cache), targets)  # [T]
         if progress:

@@ -243,8 +243,8 @@ class EvictionReference:
             x = x + linear(out.reshape(T, H * D), layer.o_proj, layer.o_bias)
             h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)
-            I = gate_up.shape[1] // 2
-            x = x + linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)
+            d_ff = gate_up.shape[1] // 2  # intermediate_size
+            x = x + linear(silu(gate_up[:, :d_ff]) * gate_up[:, d_ff:], layer.down_proj, layer.down_bias)
             attended.append(probs)
             self.k[li], self.v[li] = K, V
         logits = rms_norm(x, m.norm, c.rms_norm_eps) @ m.lm_head.T

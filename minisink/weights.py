@@ -147,7 +147,7 @@ def read_checkpoint(model_dir: str | Path, check_finite: bool = True) -> dict[st
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """The name and shape of every tensor a Llama checkpoint with this config must hold (HF names, [out, in])."""
-    d, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
+    d, V, d_ff = config.hidden_size, config.vocab_size, config.intermediate_size
     q_out = config.num_attention_heads * config.head_dim
     kv_out = config.num_key_value_heads * config.head_dim
     shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,)}
@@ -159,7 +159,7 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "post_attention_layernorm.weight"] = (d,)
         projections = {"self_attn.q_proj": (q_out, d), "self_attn.k_proj": (kv_out, d),
                        "self_attn.v_proj": (kv_out, d), "self_attn.o_proj": (d, q_out),
-                       "mlp.gate_proj": (I, d), "mlp.up_proj": (I, d), "mlp.down_proj": (d, I)}
+                       "mlp.gate_proj": (d_ff, d), "mlp.up_proj": (d_ff, d), "mlp.down_proj": (d, d_ff)}
         for name, shape in projections.items():
             shapes[p + name + ".weight"] = shape
             has_bias = config.attention_bias if name.startswith("self_attn") else config.mlp_bias

@@ -83,11 +83,11 @@ def test_calibration_errors():
 
 
 def test_split_text_is_disjoint_and_at_a_line():
-    text = "".join(f"line {i} of the text\n" for i in range(1000))
-    start, end = split_text(text)
-    assert end == len(text) and text[start - 1] == "\n" and abs(start - len(text) / 2) < 30
-    evaluation, calibration = text[:start], text[start:end]
-    assert evaluation + calibration == text and not set(evaluation.splitlines()) & set(calibration.splitlines())
+    lines = "".join(f"line {i} of the text\n" for i in range(1000))
+    start, end = split_text(lines)
+    assert end == len(lines) and lines[start - 1] == "\n" and abs(start - len(lines) / 2) < 30
+    evaluation, calibration = lines[:start], lines[start:end]
+    assert evaluation + calibration == lines and not set(evaluation.splitlines()) & set(calibration.splitlines())
 
 
 def test_prefix_is_fed_first_and_not_scored():

@@ -57,7 +57,8 @@ def policies(draw):
     if policy == "snapkv":
         w = draw(st.integers(1, 4))
         return policy, {"capacity": draw(st.integers(w, 12)), "window": draw(st.integers(1, 8)), "w": w,
-                        "kernel": draw(st.sampled_from([1, 3, 5])), "positions": draw(st.sampled_from(["text", "cache"]))}
+                        "kernel": draw(st.sampled_from([1, 3, 5])),
+                        "positions": draw(st.sampled_from(["text", "cache"]))}
     budget = draw(st.integers(1, 16))
     options = {"budget": budget, "positions": draw(st.sampled_from(["text", "cache"]))}
     if policy == "h2o":
@@ -77,7 +78,7 @@ def streams(draw, max_tokens=40):
 
 def chunks(tokens, cuts):
     bounds = [0, *cuts, len(tokens)]
-    return [tokens[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [tokens[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 @given(policies(), streams())

@@ -496,7 +496,7 @@ def test_bad_cache_arguments(model, policy, kwargs, match):
 
 def test_good_cache_arguments(model):
     assert isinstance(new_cache(model), minisink.FullCache)
-    assert isinstance(new_cache(model, "window", window=4), minisink.SinkCache)  # n_sink omitted: plain window attention
+    assert isinstance(new_cache(model, "window", window=4), minisink.SinkCache)  # no sinks: plain window attention
     assert isinstance(new_cache(model, "sink", sinks=0, window=1), minisink.SinkCache)
     assert isinstance(new_cache(model, "sink", sinks=np.int64(4), window=np.int32(8)), minisink.SinkCache)
     assert isinstance(new_cache(model, "recompute", window=4), minisink.RecomputeWindow)
