@@ -62,9 +62,14 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e
 
 
+# Up to this many rows, `linear` computes (weight @ x.T).T: the same product, which OpenBLAS splits over its threads
+# along the weight's rows, where x @ weight.T with a few rows runs on one (docs/performance.md, "A few rows").
+FEW_ROWS = 16
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """x [N, in] @ weight[out, in].T (+ bias [out]) -> [N, out]. Weights keep PyTorch's [out, in] layout."""
-    y = x @ weight.T
+    y = (weight @ x.T).T if 1 < len(x) <= FEW_ROWS else x @ weight.T
     return y if bias is None else y + bias
 
 
