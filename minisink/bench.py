@@ -117,7 +117,7 @@ def bench_minisink(path, repeats: int = 3) -> dict:
 
 
 def bench_sink_logits(model, n: int = DECODE_TOKENS) -> dict:
-    """Decode with and without sink logits (docs/05-why-sinks-exist.md), interleaved step by step on two caches
+    """Decode with and without sink logits (docs/07-why-sinks-exist.md), interleaved step by step on two caches
     after the same short prompt, so both see the same noise: median ms/token of each."""
     c = model.config
     sigma = np.random.default_rng(5).normal(3, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)

@@ -14,7 +14,7 @@ computation, exactly, and much faster:
 `run_ppl` and `save_run` are `minisink ppl`: a text, a cache policy (dense, window, recompute, sink), the NLL of
 every token, a summary and an .npz/.csv of the run. `renumber=False` (`--no-renumber`) keeps positions in the text:
 with sinks that is the paper's ablation; with no sinks it gives the same NLLs exactly (a window's distances are the
-same in the text and in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 06).
+same in the text and in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 05).
 
 What it does not: batch several texts, or evaluate the recompute baseline fast (it is O(W^2) per token by design).
 """

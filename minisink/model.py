@@ -134,7 +134,7 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
     `sink_logits` [H] (sigma, one per query head; -inf: no sink) is a virtual key that every query sees with the
     same score and no value, as in gpt-oss: p_ij = exp(s_ij) / (sum_k exp(s_ik) + exp(sigma_h)), so the row can
     put less than 1 on the real keys. sigma = 0 is softmax-off-by-one. `sink_values` [H, D], optional, gives the
-    virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/05-why-sinks-exist.md).
+    virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/07-why-sinks-exist.md).
     """
     T, H, D = q.shape
     if T > QUERY_TILE:  # a long chunk: tiles of queries, each skipping the keys none of its queries sees
@@ -250,7 +250,7 @@ class Llama:
     @property
     def sink_values(self) -> np.ndarray | None:
         """The sink's value vector [num_hidden_layers, num_attention_heads, head_dim] float32, or None (the sink
-        adds no value, as in gpt-oss). An experiment of docs/05-why-sinks-exist.md; ignored without sink_logits."""
+        adds no value, as in gpt-oss). An experiment of docs/07-why-sinks-exist.md; ignored without sink_logits."""
         return self._sink_values
 
     @sink_values.setter

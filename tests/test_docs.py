@@ -232,10 +232,10 @@ def test_missing_file_check_catches_what_it_must():
     """The check above fails on a missing file and lets through what it must: a test of the test. (The missing
     names are built from pieces, so that this file does not cite them.)"""
     names = {"cache.py", "README.md", "03-kv-cache.md"}
-    here = DOCS / "06-ring-buffer.md"
+    here = DOCS / "05-ring-buffer.md"
     gone, nothing = "GONE" + ".md", ".." + "/minisink/nothing" + ".py"
     image, away = "docs/img/none" + ".png", "../" + "away"
     assert missing_files(here, f"see {gone} and {nothing}", names) == [gone, nothing]
     assert missing_files(here, f"{image}, [x](03-kv-cache.md), cache.py, https://a.b/c/d.py", names) == [image]
     assert missing_files(here, f"hw3/cache.py runs/sink.npz sink.npz {away}", names) == [away]
-    assert missing_files(here, "docs/05-why-sinks-exist.md minisink/eviction.py", names) == []  # both exist
+    assert missing_files(here, "docs/07-why-sinks-exist.md minisink/eviction.py", names) == []  # both exist
