@@ -117,7 +117,7 @@ class Progress:
 
 
 def cmd_generate(args):
-    from .generate import generate
+    from .generate import end_of_turn_ids, generate
 
     sampler = make_sampler(args)
     model, tok = load(args)
@@ -127,12 +127,9 @@ def cmd_generate(args):
     if not ids:
         raise SystemExit("error: the prompt is empty")
     ids = apply_sink_options(model, tok, args) + ids  # a sink prefix comes first: the sinks are whatever is first
-    stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
-    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop, args.threads):
-        if token in stop:
-            break
+    for token in generate(model, ids, cache, args.max_new_tokens, sampler, end_of_turn_ids(tok), args.threads):
         sys.stdout.write(decoder.step(token))
         sys.stdout.flush()
         progress.step()
