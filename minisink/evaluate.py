@@ -284,7 +284,7 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
                          f"({kv_bytes_per_token(model.config) / 1024:.0f} KiB of keys and values per token, "
                          f"MemAvailable {available_memory() / 2**30:.1f} GiB)")
             ids = ids[:limit]
-        notes.append(f"dense keys and values: {len(ids) * kv_bytes_per_token(model.config) / 2**20:.0f} MB "
+        notes.append(f"dense keys and values: {len(ids) * kv_bytes_per_token(model.config) / 2**20:.0f} MiB "
                      f"for {len(ids)} tokens")
         if len(ids) > model.config.max_position_embeddings:
             notes.append(f"the stream passes the model's pre-training length "
