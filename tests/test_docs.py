@@ -80,6 +80,29 @@ def test_a_failing_block_is_named_by_its_line(tmp_path):
         execute(chapter_notebook(chapter), chapter.name)
 
 
+def test_notebook_links_point_at_notebooks_and_at_the_clones_files(tmp_path):
+    """In a notebook, a link to the next chapter opens its notebook, and a link to results or a figure the file in
+    the clone, from the folder the notebooks are written to."""
+    notebook_tools()
+    from make_notebooks import chapter_notebook
+
+    out = tmp_path / "nb"
+    out.mkdir()
+    for path in CHAPTERS:
+        nb = chapter_notebook(path, out=out)
+        for cell in (c for c in nb.cells if c.cell_type == "markdown"):
+            for target in MD_LINK.findall(prose(cell.source)):
+                file = target.partition("#")[0]
+                if not file or "://" in file:
+                    continue
+                if file.endswith(".ipynb"):
+                    assert (DOCS / file).with_suffix(".md") in CHAPTERS, f"{path.name}: {target}"
+                else:
+                    assert (out / file).resolve().exists(), f"{path.name}: {target} is not a file from {out}"
+    ring = "\n".join(c.source for c in chapter_notebook(DOCS / "05-ring-buffer.md", out=out).cells)
+    assert "(06-streaming-evaluation.ipynb)" in ring and "README.md#four-kinds-of-position)" in ring
+
+
 def test_no_block_is_exempt():
     """Sketches that do not run rot: every ```python block runs, and the old escape hatch is gone."""
     for path in CHAPTERS:
