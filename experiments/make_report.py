@@ -349,7 +349,7 @@ def main(argv=None) -> int:
                  f"{rb / 2**20:.1f}"] for c, s, r, sb, rb in
                 zip(lat["cache"], lat["sink_s"], lat["recompute_s"], lat["sink_bytes"], lat["recompute_bytes"])]
         out.append("### Per-token latency and memory of a decode step\n\n" + table(
-            ["cache C", "sink ms/token", "recompute ms/token", "recompute / sink", "sink MB", "recompute MB"], rows))
+            ["cache C", "sink ms/token", "recompute ms/token", "recompute / sink", "sink MiB", "recompute MiB"], rows))
     found = conclusions(R, preset)
     print(f"## The {preset.name} preset (runs in {R})\n\n" + "\n\n".join(out))
     print(f"\n### Conclusions\n\n```\n{format_conclusions(found)}\n```")

@@ -26,7 +26,7 @@ past the tokens it holds, before the queries look, and `end()` counts them in; t
 the ring at `end()`, because the chunk's later tokens overwrite slots that its earlier queries still see (a lone
 decode token goes straight into its slot, whose old token it cannot see: see SinkCache).
 
-How the sink cache handles RoPE (docs/06-ring-buffer.md has the derivation). A RoPE score depends only on the
+How the sink cache handles RoPE (docs/05-ring-buffer.md has the derivation). A RoPE score depends only on the
 distance between the query's position and the key's. Within the cache, a window token's distance to the current
 query is its age in the stream, whatever has been evicted: so every key is rotated once, at its position in the
 stream, and never touched again, and the queries are rotated at their stream position too. Only the sinks move

@@ -1,4 +1,4 @@
-"""Calibrate a sink logit per layer and head on a trained model, without training (docs/05-why-sinks-exist.md).
+"""Calibrate a sink logit per layer and head on a trained model, without training (docs/07-why-sinks-exist.md).
 
 What it does: streams a calibration text through the cache we want to imitate, StreamingLLM's S sinks + (C - S)
 recent tokens, and watches every layer l, query head h and steady-state query i (one that comes after the first C

@@ -8,7 +8,7 @@
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --mode sink --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
-    minisink calibrate --corpus kjv --cache 256 --out sigma.npz   a sink logit per head (docs/05-why-sinks-exist.md)
+    minisink calibrate --corpus kjv --cache 256 --out sigma.npz   a sink logit per head (docs/07-why-sinks-exist.md)
     minisink ppl --corpus kjv --tokens 8000 --mode window --window 256 --sink-logits sigma.npz   window + sink logit
     minisink streameval --task passkey --policy sink --window 252 --distance 100   questions along a stream
     minisink tune --text notes.txt --budget-mb 32                the best cache within a memory budget
@@ -117,7 +117,7 @@ class Progress:
 
 
 def cmd_generate(args):
-    from .generate import generate
+    from .generate import end_of_turn_ids, generate
 
     sampler = make_sampler(args)
     model, tok = load(args)
@@ -127,12 +127,9 @@ def cmd_generate(args):
     if not ids:
         raise SystemExit("error: the prompt is empty")
     ids = apply_sink_options(model, tok, args) + ids  # a sink prefix comes first: the sinks are whatever is first
-    stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, args.progress if args.progress is not None else sys.stderr.isatty())
-    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop, args.threads):
-        if token in stop:
-            break
+    for token in generate(model, ids, cache, args.max_new_tokens, sampler, end_of_turn_ids(tok), args.threads):
         sys.stdout.write(decoder.step(token))
         sys.stdout.flush()
         progress.step()
@@ -271,7 +268,7 @@ def cmd_ppl(args):
                                  f"is left of this run")
 
 
-# --- sink logits, sink prefix, calibration (docs/05-why-sinks-exist.md) -------------------------------------------
+# --- sink logits, sink prefix, calibration (docs/07-why-sinks-exist.md) -------------------------------------------
 
 def add_sink_options(p):
     p.add_argument("--sink-logits", metavar="zero|FILE.npz",
@@ -381,7 +378,7 @@ def cmd_attn(args):
 
 
 def anatomy_reports(model, tok, ids, args):
-    """`attn --sink-metric N` / `--massive N`: docs/05-why-sinks-exist.md (samples from --corpus or the KJV)."""
+    """`attn --sink-metric N` / `--massive N`: docs/07-why-sinks-exist.md (samples from --corpus or the KJV)."""
     from . import anatomy
 
     if args.corpus_text:
@@ -651,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="a sink logit per layer and head from a calibration text (no training)",
                        description="Streams the second half of the text (the first is for evaluation) through "
                                    "a sink cache and estimates one sink logit per layer and head: "
-                                   "docs/05-why-sinks-exist.md")
+                                   "docs/07-why-sinks-exist.md")
     p.add_argument("--text", help="a plain UTF-8 text file (its second half is read)")
     p.add_argument("--corpus", choices=["kjv"], help="a fetched corpus (kjv: the King James Bible)")
     p.add_argument("--tokens", type=int_at_least(2), default=4096, help="calibration tokens (default 4096)")

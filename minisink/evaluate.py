@@ -14,7 +14,7 @@ computation, exactly, and much faster:
 `run_ppl` and `save_run` are `minisink ppl`: a text, a cache policy (dense, window, recompute, sink), the NLL of
 every token, a summary and an .npz/.csv of the run. `renumber=False` (`--no-renumber`) keeps positions in the text:
 with sinks that is the paper's ablation; with no sinks it gives the same NLLs exactly (a window's distances are the
-same in the text and in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 06).
+same in the text and in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 05).
 
 What it does not: batch several texts, or evaluate the recompute baseline fast (it is O(W^2) per token by design).
 """
@@ -282,7 +282,7 @@ def run_ppl(model, ids, mode: str = "sink", sinks: int | None = None, window: in
                          f"({kv_bytes_per_token(model.config) / 1024:.0f} KiB of keys and values per token, "
                          f"MemAvailable {available_memory() / 2**30:.1f} GiB)")
             ids = ids[:limit]
-        notes.append(f"dense keys and values: {len(ids) * kv_bytes_per_token(model.config) / 2**20:.0f} MB "
+        notes.append(f"dense keys and values: {len(ids) * kv_bytes_per_token(model.config) / 2**20:.0f} MiB "
                      f"for {len(ids)} tokens")
         if len(ids) > model.config.max_position_embeddings:
             notes.append(f"the stream passes the model's pre-training length "

@@ -176,7 +176,7 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
     `sink_logits` [H] (sigma, one per query head; -inf: no sink) is a virtual key that every query sees with the
     same score and no value, as in gpt-oss: p_ij = exp(s_ij) / (sum_k exp(s_ik) + exp(sigma_h)), so the row can
     put less than 1 on the real keys. sigma = 0 is softmax-off-by-one. `sink_values` [H, D], optional, gives the
-    virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/05-why-sinks-exist.md).
+    virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/07-why-sinks-exist.md).
 
     `sigmoid_bias` b, for a model trained with sigmoid attention (Gu et al. 2024, arXiv 2410.10781, Sec. 7): no
     softmax at all, each weight on its own, p_ij = sigmoid(s_ij + b), 0 where masked; nothing makes a row sum to 1.
@@ -309,7 +309,7 @@ class Llama:
     @property
     def sink_values(self) -> np.ndarray | None:
         """The sink's value vector [num_hidden_layers, num_attention_heads, head_dim] float32, or None (the sink
-        adds no value, as in gpt-oss). An experiment of docs/05-why-sinks-exist.md; ignored without sink_logits."""
+        adds no value, as in gpt-oss). An experiment of docs/07-why-sinks-exist.md; ignored without sink_logits."""
         return self._sink_values
 
     @sink_values.setter

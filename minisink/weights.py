@@ -13,7 +13,7 @@ the header and the data would shift every tensor), overlapping or out-of-order o
 size that does not match dtype x shape. tests/test_weights_fuzz.py feeds both thousands of damaged files.
 Every value must be finite: a NaN weight does not crash the forward pass, it turns every logit into NaN and the
 sampler then emits token 0 forever. That check is one more pass over all the weights (about 35 ms for SmolLM2's
-540 MB: 7-9% of a load here when it runs after the reads); `checking_finite` runs it on a second thread while the
+513 MiB: 7-9% of a load here when it runs after the reads); `checking_finite` runs it on a second thread while the
 model copies its weights into place, where `minisink bench` measures its cost at 0-2% of a load.
 The `pread` backend reads each tensor's bytes into its own array (no memory map of the whole file, so loading
 holds the file's bytes once, not twice). NumPy has no bfloat16; the library returns BF16 tensors as

@@ -12,7 +12,7 @@ Oracles, none of them the ring buffer itself:
 - a Python list of the first S and the last W stream indices, for `retained()` (P4);
 - a fresh cache at position 0, for a stream that starts at position 10**7 or past 2**31 (P5): only distances matter;
 - the recompute baseline (RecomputeWindow), which on a ONE-layer model must agree with the sink cache exactly and on
-  a deeper one must not (it rebuilds the retained tokens' keys from the truncated context: docs chapter 06).
+  a deeper one must not (it rebuilds the retained tokens' keys from the truncated context: docs chapter 05).
 
 Property tests draw tiny random Llama models (GQA and not, 1 to 3 layers), S in 0..8, W in 1..64, streams up to
 about 4 (S + W) tokens (at most 200) and random chunkings. The `real` tests repeat P1/P2 and the recompute

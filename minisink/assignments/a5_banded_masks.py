@@ -95,7 +95,7 @@ def visibility_case(rng):
 
 
 def check_visibility_examples():
-    cases = [(np.arange(6, 10), np.array([0, 1, 3, 4, 5, 6, 7, 8, 9]), 2, 3, "chapter 07's example: 2 sinks, W=3"),
+    cases = [(np.arange(6, 10), np.array([0, 1, 3, 4, 5, 6, 7, 8, 9]), 2, 3, "chapter 06's example: 2 sinks, W=3"),
              (np.arange(2, 4), np.array([0, 1, -1, -1, -1, 2, 3]), 2, 3, "two tokens in: the ring is still empty")]
     rng = np.random.default_rng(0)
     cases += [(*visibility_case(rng), "a ring with empty slots") for _ in range(CASES)]
