@@ -108,6 +108,8 @@ def grade(number: int, folders, *, student: str | None = None, csv_path=None, ou
     folders = list(folders)
     if student is not None and len(folders) != 1:
         raise ValueError("--student names one student: give exactly one DIR (a class is graded by folder name)")
+    if csv_path is not None and (Path(csv_path).is_dir() or not Path(csv_path).parent.is_dir()):
+        raise ValueError(f"--csv {csv_path}: give a file name in an existing folder (checked before grading)")
     for folder in folders:
         g = grade_submission(a, folder, limits or Limits(), student)
         report(g, out)

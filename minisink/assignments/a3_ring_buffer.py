@@ -74,7 +74,7 @@ def check_retained(base):
             if got[f"storage_{i}"].tolist() != got["storage_0"].tolist():
                 raise Fail(f"n_sink={S}, window={W}, seed={seed}: the key storage grew from "
                            f"{got['storage_0'].tolist()} to {got[f'storage_{i}'].tolist()}: a ring buffer's "
-                           f"storage is fixed at S + W slots")
+                           f"storage is fixed at construction")
 
 
 def check_text_positions(base):
@@ -91,7 +91,7 @@ def check_window_attention(base):
 
 CHECKS = [  # (title, points, check)
     ("SinkCache: while the stream fits (S + W tokens) it equals the full cache", 1, check_fits),
-    ("SinkCache: retained() is the first S and the last W tokens; storage stays S + W slots", 1, check_retained),
+    ("SinkCache: retained() is the first S and the last W tokens; the storage never grows", 1, check_retained),
     ("SinkCache(renumber=False): one token at a time equals an explicit cache at text positions",
      1, check_text_positions),
     ("SinkCache(renumber=False): any chunking equals the explicit cache", 2, check_text_positions_chunked),

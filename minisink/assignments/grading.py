@@ -311,7 +311,9 @@ def sweep(roots: set[int], known: set[int]) -> list[int]:
             if pid not in alive:
                 alive.add(pid)
                 todo += children.get(pid, [])
-        for pid in alive:
+        live = [p for p in alive if not _zombie(p)]
+        found += [p for p in live if p not in found and p not in roots]
+        for pid in live:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -324,8 +326,6 @@ def sweep(roots: set[int], known: set[int]) -> list[int]:
                     reaped = True
                 except ChildProcessError:
                     pass
-        live = [p for p in alive if not _zombie(p)]
-        found += [p for p in live if p not in found and p not in roots]
         if not live and not reaped:
             return found
         time.sleep(0.01)
@@ -454,7 +454,7 @@ class Child:
         self.log.seek(0)
         text = self.log.read(LOG_BYTES).decode(errors="replace")
         self.log.seek(0, os.SEEK_END)
-        return ["".join(c if c.isprintable() else "?" for c in line.rstrip()) for line in text.splitlines()
+        return ["".join(c if c.isprintable() else "?" for c in line.rstrip()) for line in text.split("\n")
                 if line.strip()]
 
     def kill(self):

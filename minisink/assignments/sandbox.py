@@ -202,6 +202,7 @@ def main(argv: list[str]) -> None:
     frames_out = os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)  # a child killed at the end loses no printed line
 
     # stubs.py imports nothing of minisink: it is loaded by path, so that the guard can use it before minisink
     # itself is imported (minisink/__init__.py imports cache.py and model.py, which may hold what is graded).
