@@ -424,7 +424,7 @@ def cmd_assignment(args):
         limits = Limits(seconds=args.time_limit, memory_mb=args.memory_limit)
         ok = assignments.grade(args.number, args.dirs, student=args.student, csv_path=args.csv, limits=limits)
     except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if not ok:
         raise SystemExit(1)
 

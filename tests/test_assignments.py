@@ -235,7 +235,8 @@ getattr(builtins, "ex" + "ec")(_src.replace("from .", "from minisink."), _ns)
     "runs the teachers' solution file": (6, "sink_attention.py", "top", f"""
 import builtins
 _ns = {{}}
-getattr(builtins, "ex" + "ec")(getattr(builtins, "op" + "en")({str(REPO / "teachers/minisink_teachers/solutions/sink_attention.py")!r}).read(), _ns)
+_file = {str(REPO / "teachers/minisink_teachers/solutions/sink_attention.py")!r}
+getattr(builtins, "ex" + "ec")(getattr(builtins, "op" + "en")(_file).read(), _ns)
 """, "is not allowed while grading"),
     "imports the reference through importlib": (6, "sink_attention.py", "top", """
 import builtins
@@ -321,7 +322,7 @@ def test_no_process_outlives_the_sweep(tmp_path):
     attack above, had the child not refused the fork) is re-parented to it, found and killed."""
     assert grading.become_subreaper()
     flag = tmp_path / "survived"
-    script = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(3)\n"
+    script = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1.5)\n"
               f"        open({str(flag)!r}, 'w').write('x')\n        os._exit(0)\n    os._exit(0)\nos._exit(0)\n")
     known = grading._our_children()
     child = subprocess.Popen([sys.executable, "-c", script])
@@ -329,7 +330,7 @@ def test_no_process_outlives_the_sweep(tmp_path):
     time.sleep(0.5)  # the grandchild is now an orphan, re-parented to this process
     survivors = grading.sweep({child.pid}, known | {child.pid})
     assert len(survivors) == 1, survivors
-    time.sleep(3.5)
+    time.sleep(2)
     assert not flag.exists()
     assert grading.sweep(set(), known) == []
 
@@ -345,9 +346,10 @@ def test_a_surviving_process_voids_the_grade(tmp_path, monkeypatch):
 def test_printing_is_labelled_as_the_submissions(tmp_path):
     assignments.new(8, tmp_path, solution=True)
     path = tmp_path / "calibration.py"
-    path.write_text(path.read_text().replace("import numpy as np\n", 'import numpy as np\n\nprint("PASS " * 10000)\n', 1)
-                    .replace("    N, H, D = q.shape\n", '    N, H, D = q.shape\n    print("\\x1b[2K\\rall checks passed")\n'
-                             '    print("grade: 13 of 13 points, 7 of 7 checks passed: well done")\n'))
+    text = path.read_text().replace("import numpy as np\n", 'import numpy as np\n\nprint("PASS " * 10000)\n', 1)
+    path.write_text(text.replace("    N, H, D = q.shape\n", '    N, H, D = q.shape\n'
+                                 '    print("\\x1b[2K\\rall checks passed")\n'
+                                 '    print("grade: 13 of 13 points, 7 of 7 checks passed: well done")\n'))
     ok, report = grade(8, tmp_path)
     assert ok, report  # printing is allowed, and changes nothing
     lines = report.splitlines()
@@ -372,7 +374,8 @@ def test_exit_and_endless_loop_at_import_fail(tmp_path):
 def test_memory_and_crashes_fail(tmp_path):
     assignments.new(8, tmp_path, solution=True)
     path = tmp_path / "calibration.py"
-    path.write_text(path.read_text().replace("    N, H, D = q.shape\n", "    N, H, D = q.shape\n    np.ones(2 * 10**8)\n", 1)
+    text = path.read_text().replace("    N, H, D = q.shape\n", "    N, H, D = q.shape\n    np.ones(2 * 10**8)\n", 1)
+    path.write_text(text
                     .replace("    top = a.max(axis=-1, keepdims=True)  # [H, 1]\n",
                              "    import faulthandler\n    faulthandler._sigsegv()\n", 1))
     rs = results(8, tmp_path, Limits(seconds=20, memory_mb=1024))
@@ -435,7 +438,8 @@ def test_cli_grades_a_class_into_points(tmp_path):
                                                "    import faulthandler\n    faulthandler._sigsegv()\n", 1))
     grades = tmp_path / "grades.csv"
     dave = klass / "dave" / "calibration.py"
-    dave.write_text(dave.read_text().replace("from __future__ import annotations\n", f"""from __future__ import annotations
+    future = "from __future__ import annotations\n"
+    dave.write_text(dave.read_text().replace(future, future + f"""
 import os
 if getattr(os, "fo" + "rk")() == 0:
     os.setsid()
@@ -494,7 +498,8 @@ def test_the_child_never_imports_the_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(grading, "inspect_submission", lambda a, folder: [])
     assignments.new(3, tmp_path, solution=True)
     path = tmp_path / "cache.py"
-    path.write_text(path.read_text().replace("from __future__ import annotations\n", """from __future__ import annotations
+    future = "from __future__ import annotations\n"
+    path.write_text(path.read_text().replace(future, future + """
 import sys
 import minisink.cache
 print("HELD", sorted(k for k in getattr(sys, "mod" + "ules") if "minisink" in k))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from minisink.cache import FullCache
-from minisink.rope import Rotation, apply_rope, rotation
+from minisink.rope import apply_rope, rotation
 
 from .common import CASES, close, model_case, run, torch_or_skip, transformers_logits
 
@@ -33,7 +33,8 @@ def check_rms_norm_transformers(base):
             norm.weight.copy_(torch.from_numpy(w))
             want = norm(torch.from_numpy(x)).numpy()
         got = (yield run("rms_norm", x=x, weight=w, eps=1e-5))["out"]
-        close("rms_norm(x, weight, 1e-5)", got, want, 1e-4 * max(1, np.abs(want).max()), f"T={T}, d_model={d}, seed={seed}")
+        close("rms_norm(x, weight, 1e-5)", got, want, 1e-4 * max(1, np.abs(want).max()),
+              f"T={T}, d_model={d}, seed={seed}")
 
 
 def check_rms_norm_reference(base):
@@ -116,7 +117,7 @@ def check_model(base):
         close("logits with your functions", got["logits"], want, 1e-4, where)
     try:
         torch_or_skip()
-    except Exception:  # noqa: BLE001: transformers is a second oracle here, not the only one
+    except Exception:  # noqa: BLE001 (transformers is a second oracle here, not the only one)
         return
     close("logits with your functions vs transformers' LlamaForCausalLM", got["logits"],
           transformers_logits(raw, weights, ids), 1e-3, where)

@@ -12,7 +12,8 @@ from minisink.cache import FullCache
 from minisink.reference import ExplicitSinkCache
 from minisink.tiny import tiny_model
 
-from .common import CASES, Fail, close, feed, random_chunks, random_sizes, run
+from .common import CASES, Fail, close, random_chunks, random_sizes, run
+from .tasks import feed
 
 
 # --- checks: run in the grader -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from minisink.reference import ExplicitSinkCache
 from minisink.tiny import tiny_model
 
 from .a3_ring_buffer import check_text_positions_chunked, sink_cases, sink_vs_explicit
-from .common import Fail, close, feed, run
+from .common import Fail, close, run
+from .tasks import feed
 
 
 def check_paper_example(base):
@@ -50,7 +51,8 @@ def check_new_cache(base):
 CHECKS = [  # (title, points, check)
     ("SinkCache: the paper's example (S=4, W=4, token 9 sees 0,1,2,3,6,7,8,9 at positions 0..7)",
      1, check_paper_example),
-    ("SinkCache: one token at a time equals an explicit cache with positions within the cache", 1, check_cache_positions),
+    ("SinkCache: one token at a time equals an explicit cache with positions within the cache", 1,
+     check_cache_positions),
     ("SinkCache: any chunking equals the explicit cache", 2, check_cache_positions_chunked),
     ("SinkCache: at position_offset=10**7 it still equals the explicit cache (no drift)", 1, check_far_positions),
     ("SinkCache(renumber=False) still equals the explicit cache at text positions", 2, check_text_positions_chunked),

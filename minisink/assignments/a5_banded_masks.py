@@ -13,7 +13,8 @@ import numpy as np
 from minisink.reference import ExplicitSinkCache, banded_visible, token_nll
 from minisink.tiny import tiny_model
 
-from .common import CASES, Fail, close, feed, random_chunks, run
+from .common import CASES, Fail, close, random_chunks, run
+from .tasks import feed
 
 
 def visibility_case(rng):
@@ -50,7 +51,8 @@ def check_visibility_large(base):
         S, W = 4, int(rng.integers(1, 40))
         got = (yield run("visibility", query_stream=queries, key_stream=keys, n_sink=S, window=W))["visible"]
         if not np.array_equal(got, banded_visible(queries, keys, S, W)):
-            raise Fail(f"a chunk of 64 queries after 5000 tokens, n_sink={S}, window={W}, seed={seed}: the mask differs")
+            raise Fail(f"a chunk of 64 queries after 5000 tokens, n_sink={S}, window={W}, seed={seed}: "
+                       f"the mask differs")
 
 
 def check_token_nll(base):

@@ -151,7 +151,8 @@ def inspect_source(a, file: str, source: str) -> list[str]:
                 if alias.name == "minisink" or alias.name.startswith("minisink."):
                     minisink_aliases.add(alias.asname or alias.name.split(".")[0])
                 if any(alias.name == c or alias.name.startswith(c + ".") for c in closed):
-                    problems.append(f"{line}: imports {alias.name}, not available while grading (the reference or the grader)")
+                    problems.append(f"{line}: imports {alias.name}, not available while grading (the reference "
+                                    f"or the grader)")
                 if alias.name.split(".")[0] in DYNAMIC:
                     problems.append(f"{line}: imports {alias.name} (code loaded at run time is not allowed)")
         elif isinstance(node, ast.ImportFrom):
@@ -163,7 +164,8 @@ def inspect_source(a, file: str, source: str) -> list[str]:
                     full = f"{module}.{alias.name}"
                     if any(full == c or full.startswith(c + ".") or module == c or module.startswith(c + ".")
                            for c in closed):
-                        problems.append(f"{line}: imports {full}, not available while grading (the reference or the grader)")
+                        problems.append(f"{line}: imports {full}, not available while grading (the reference "
+                                        f"or the grader)")
                     elif alias.name in forbidden_names:
                         problems.append(f"{line}: imports {alias.name} from {module}: that is minisink's own "
                                         f"{alias.name}, the answer being graded; write your own")
@@ -425,10 +427,10 @@ class Child:
             return decode(read)
         except ChildGone:
             raise
-        except Exception as e:  # noqa: BLE001: whatever the child sent, the grader goes on
+        except Exception as e:  # noqa: BLE001 (whatever the child sent, the grader goes on)
             self.kill()
             raise ChildGone(f"the grading process sent something unreadable {when} ({e}): did your code write "
-                            f"to standard output's file descriptor directly?")
+                            f"to standard output's file descriptor directly?") from None
 
     def _death(self, when: str) -> str:
         try:
@@ -556,7 +558,7 @@ def grade_submission(a, folder, limits: Limits = Limits(), student: str | None =
                 grade.output += child.output()
                 survivors += child.close()
                 child = None
-            except Exception as e:  # noqa: BLE001: outputs of the wrong kind (a missing name, a list of arrays...)
+            except Exception as e:  # noqa: BLE001 (outputs of the wrong kind)
                 grade.results.append(Result(title, "FAIL", f"your outputs could not be checked: {type(e).__name__}: "
                                                            f"{e}", points))
         if child:

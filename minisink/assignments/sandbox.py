@@ -231,14 +231,14 @@ def main(argv: list[str]) -> None:
 
     try:
         compiled = compile_student(number, folder, todo)
-    except BaseException as e:  # noqa: BLE001: a syntax error, an unreadable file
+    except BaseException as e:  # noqa: BLE001 (a syntax error, an unreadable file)
         reply({"ok": False, "error": f"your files do not compile: {explain(e, folder)}"})
         return
     closed = tuple(str(p) + os.sep for p in {package.resolve(), *map(Path, settings["closed"])})
     install_audit_hook(closed)
     try:
         student, origins = run_student(compiled, todo, settings["given"])
-    except BaseException as e:  # noqa: BLE001: a student's file can raise (or exit) anything
+    except BaseException as e:  # noqa: BLE001 (a student file can raise or exit anything)
         reply({"ok": False, "error": f"your files do not import: {explain(e, folder)}"})
         return
     reply({"ok": True, "origins": origins})

@@ -20,7 +20,7 @@ def feed(model, ids, cache, chunks=None) -> np.ndarray:
     """Logits [N, V] of `ids` fed through `cache` in pieces of the given sizes (default: one token at a time)."""
     sizes = chunks or [1] * len(ids)
     bounds = np.cumsum([0] + list(sizes))
-    return np.concatenate([model.forward(ids[a:b], cache) for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.concatenate([model.forward(ids[a:b], cache) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def _cache_class(ctx, name):
@@ -195,7 +195,7 @@ def task_calibrate(ctx, sizes, seed, ids, cache, sinks):
     result = ctx.student.calibrate(model, np.asarray(ids), cache, sinks)
     if not (isinstance(result, tuple) and len(result) == 3):
         raise TypeError(f"calibrate must return (sigma_lme, sigma_mass, values), got {type(result).__name__}")
-    return dict(zip(["lme", "mass", "values"], result))
+    return dict(zip(["lme", "mass", "values"], result, strict=True))
 
 
 TASKS = {

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minisink.cache import KVBlock, causal_mask
-from minisink.rope import rotation
+from minisink.cache import KVBlock, causal_mask  # noqa: F401 (the skeleton keeps the imports it needs)
+from minisink.rope import rotation  # noqa: F401
 
 
 class H2OCache:

@@ -82,7 +82,8 @@ def collect(model, ids, cache: int, sinks: int, chunk: int = 128) -> list[dict]:
     for start in range(0, len(ids), chunk):
         piece = ids[start:start + chunk]
         inputs, probs = [model.embed_tokens[piece]], []  # each layer's input rows [T, d_model]
-        model.forward(piece, kv_cache, attention_probs=probs, layer_hook=lambda n, x: inputs.append(x.copy()))
+        model.forward(piece, kv_cache, attention_probs=probs,
+                      layer_hook=lambda n, x, inputs=inputs: inputs.append(x.copy()))
         steady = np.arange(start, start + len(piece)) >= cache  # queries that see the sinks and a full window
         for n, layer in enumerate(model.layers):
             qkv = linear(rms_norm(inputs[n], layer.input_layernorm, c.rms_norm_eps), layer.qkv_proj, layer.qkv_bias)
