@@ -47,19 +47,22 @@ class Assignment:
     library: bool = True  # True: the student's files are copies of minisink's own (1-4); else in skeletons/
     forbidden_names: tuple[str, ...] = ()  # other library objects that answer the assignment (stubbed in the child)
     forbidden_modules: tuple[str, ...] = ()  # library modules a submission may not import
-    stubbed: dict[str, list[str]] | None = None  # minisink file -> what the child loads stubbed (default: todo)
+    stubbed: dict[str, list[str]] | None = None  # minisink file -> more the child loads stubbed (besides todo)
     hints: dict[str, str] | None = None  # Class.method -> a comment put above its TODO (what, never how)
     given: tuple[str, ...] = ()  # functions of the student's file the tasks call that are not graded
 
     def stubbed_modules(self) -> dict[str, list[str]]:
         """minisink module name -> the definitions the child compiles with a raising body."""
-        files = self.stubbed if self.stubbed is not None else self.todo if self.library else {}
+        files = {f: list(q) for f, q in self.todo.items()} if self.library else {}
+        for f, q in (self.stubbed or {}).items():
+            files[f] = files.get(f, []) + q
         return {f"minisink.{Path(f).stem}": q for f, q in files.items()}
 
 
 ASSIGNMENTS = {a.number: a for a in [
     Assignment(1, "RMSNorm and RoPE", "01-rmsnorm-rope.md",
-               {"model.py": ["rms_norm"], "rope.py": ["rotation", "apply_rope"]}, "a1_rmsnorm_rope", (90, 120)),
+               {"model.py": ["rms_norm"], "rope.py": ["rotation", "apply_rope"]}, "a1_rmsnorm_rope", (90, 120),
+               stubbed={"eviction.py": ["ScoredCache._rotate_to_rank"]}),  # RoPE written out for rotated ranks
     Assignment(2, "GQA attention with a KV cache", "02-attention-kv-cache.md",
                {"model.py": ["attention"], "cache.py": ["FullCache.begin", "FullCache.blocks", "FullCache.end"]},
                "a2_attention_kv_cache", (180, 240),
