@@ -87,7 +87,7 @@ ASSIGNMENTS = {a.number: a for a in [
                forbidden_names=("attention",), stubbed={"model.py": ["attention"]}),
     Assignment(7, "an eviction policy behind the cache interface: H2O", "07-eviction.md",
                {"h2o.py": ["H2OCache.begin", "H2OCache.blocks", "H2OCache.observe", "H2OCache.end",
-                           "H2OCache.retained"]}, "a7_eviction", (180, 240), library=False,
+                           "H2OCache._keep", "H2OCache.retained"]}, "a7_eviction", (180, 240), library=False,
                forbidden_modules=("minisink.eviction",), stubbed={"eviction.py": EVICTION}),
     Assignment(8, "calibrating a sink logit and a sink value", "08-calibration.md",
                {"calibration.py": ["sink_scores", "sigma_lme", "sigma_mass", "sink_value"]}, "a8_calibration",

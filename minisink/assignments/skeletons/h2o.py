@@ -61,13 +61,7 @@ class H2OCache:
     def _keep(self, tokens: np.ndarray, scores: np.ndarray, n_after: int) -> np.ndarray:
         """Which candidates stay (ascending indices): all of them while they fit; else the recent - 1 newest and
         the `heavy` best-scored of the others, a tie kept for the newer token."""
-        if len(tokens) <= n_after:
-            return np.arange(len(tokens))
-        newest = np.arange(len(tokens) - (self.recent - 1), len(tokens))
-        others = np.arange(len(tokens) - (self.recent - 1))
-        ranked = others[np.lexsort((tokens[others], scores[others]))]  # worst first; ties: older first
-        return np.sort(np.concatenate([ranked[len(ranked) - self.heavy:] if self.heavy else [], newest])
-                       ).astype(np.int64)
+        raise NotImplementedError("TODO: H2OCache._keep")
 
     def retained(self) -> np.ndarray:
         """[L, Hkv, n] stream indices of the held tokens, sorted."""
