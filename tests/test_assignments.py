@@ -225,6 +225,15 @@ class SinkCache(base):
     def retained(self):
         return super().retained()
 """, "minisink's own SinkCache.begin is not available while grading"),
+    "subclasses minisink's SinkCache found at run time (4)": (4, "cache.py", "replace", """
+import sys
+base = getattr(sys, "mod" + "ules")["minisink.cache"].SinkCache
+
+
+class SinkCache(base):
+    def begin(self, T):
+        return super().begin(T)
+""", "minisink's own SinkCache.begin is not available while grading"),
     "runs a shipped file with getattr(builtins, 'ex' + 'ec')": (7, "h2o.py", "top", """
 import builtins
 import minisink
