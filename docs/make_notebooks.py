@@ -5,7 +5,9 @@
     python docs/make_notebooks.py --out nb/ --install-from "git+https://example.org/you/minisink"   # for a class
 
 Each ```python block of a chapter becomes a code cell, in order; the prose, formulas and ```text/```console blocks
-become markdown cells. A first cell is added that makes the notebook run on a plain Jupyter or a hosted one:
+become markdown cells. Links between chapters point at the chapters' notebooks (05-ring-buffer.ipynb, in the same
+folder), and links to other files (results.md, a figure) at those files in the clone, relative to where the notebooks
+are written. A first cell is added that makes the notebook run on a plain Jupyter or a hosted one:
 
 - if `import minisink` works (a venv with minisink installed, as in CI), it installs nothing;
 - otherwise, if the clone the notebook was built in is still there, it runs `pip install -e CLONE[fetch]`;
@@ -20,6 +22,7 @@ chapter through `execute`, so the notebooks are what CI checks.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -53,7 +56,7 @@ if importlib.util.find_spec("minisink") is None:
 FETCH = '''
 import weights_fetch
 
-weights_fetch.fetch(progress=False)  # SmolLM2-135M-Instruct: a 93 MB download, once
+weights_fetch.fetch(progress=False)  # SmolLM2-135M-Instruct: an 89 MiB download, once
 '''
 
 
@@ -71,9 +74,30 @@ def setup_source(real_model: bool, install_from: str = NO_INSTALL_FROM) -> str:
                         fetch_note=", fetch the model this chapter uses" if real_model else "")
 
 
-def chapter_notebook(path: Path, install_from: str = NO_INSTALL_FROM):
+MD_LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")  # [text](target) and ![alt](image)
+
+
+def notebook_links(markdown: str, source: Path, out: Path) -> str:
+    """`markdown` of the chapter `source` with its relative links retargeted for a notebook written into `out`: a
+    chapter becomes its notebook beside this one (anchors kept), any other file the file in the clone."""
+    def retarget(m):
+        file, hash_, anchor = m.group(2).partition("#")
+        if not file or "://" in file:
+            return m.group(0)  # an anchor in this chapter, or a URL
+        resolved = (source.parent / file).resolve()
+        if resolved.parent == DOCS and re.fullmatch(r"\d\d-.*\.md", resolved.name):
+            new = resolved.with_suffix(".ipynb").name
+        else:
+            new = Path(os.path.relpath(resolved, out.resolve())).as_posix()
+        return f"{m.group(1)}({new}{hash_}{anchor})"
+
+    return MD_LINK.sub(retarget, markdown)
+
+
+def chapter_notebook(path: Path, install_from: str = NO_INSTALL_FROM, out: Path | None = None):
     """The notebook of one chapter: the setup cell, then the chapter as jupytext reads it. Each code cell keeps
-    the line of its ```python block in the markdown (metadata `minisink_line`), for error messages."""
+    the line of its ```python block in the markdown (metadata `minisink_line`), for error messages. With `out`
+    (where the notebook will be written), the markdown's links are retargeted for that folder (`notebook_links`)."""
     import jupytext
     import nbformat
 
@@ -86,6 +110,10 @@ def chapter_notebook(path: Path, install_from: str = NO_INSTALL_FROM):
                          f"({len(code)} cells, {len(blocks)} blocks)")
     for cell, (line, _) in zip(code, blocks, strict=True):
         cell.metadata["minisink_line"] = line
+    if out is not None:
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                cell.source = notebook_links(cell.source, path, out)
     setup = nbformat.v4.new_code_cell(setup_source(uses_real_model(text), install_from))
     setup.metadata["minisink_line"] = 0
     nb.cells.insert(0, setup)
@@ -143,11 +171,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         import nbformat
-    except ImportError:
-        raise SystemExit("error: the notebooks need jupytext and nbformat: pip install -e '.[notebooks]'") from None
+    except ImportError as e:
+        raise SystemExit("error: the notebooks need jupytext and nbformat: pip install -e '.[notebooks]'") from e
     args.out.mkdir(parents=True, exist_ok=True)
     for path in [Path(c) for c in args.chapters] or CHAPTERS:
-        nb = chapter_notebook(path, args.install_from)
+        nb = chapter_notebook(path, args.install_from, args.out)
         if args.execute:
             execute(nb, path.name)
         target = args.out / f"{path.stem}.ipynb"

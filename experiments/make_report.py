@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                 zip(lat["cache"], lat["sink_s"], lat["recompute_s"], lat["sink_bytes"], lat["recompute_bytes"],
                     strict=True)]
         out.append("### Per-token latency and memory of a decode step\n\n" + table(
-            ["cache C", "sink ms/token", "recompute ms/token", "recompute / sink", "sink MB", "recompute MB"], rows))
+            ["cache C", "sink ms/token", "recompute ms/token", "recompute / sink", "sink MiB", "recompute MiB"], rows))
     found = conclusions(R, preset)
     print(f"## The {preset.name} preset (runs in {R})\n\n" + "\n\n".join(out))
     print(f"\n### Conclusions\n\n```\n{format_conclusions(found)}\n```")

@@ -1,4 +1,4 @@
-"""The experiments of docs/05-why-sinks-exist.md: is the sink only a share of the softmax denominator?
+"""The experiments of docs/07-why-sinks-exist.md: is the sink only a share of the softmax denominator?
 
     python experiments/why_sinks.py --out runs/why              # calibrate, then every `minisink ppl` run
     python experiments/why_sinks.py --out runs/why --report     # the markdown tables of docs/results.md

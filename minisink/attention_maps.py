@@ -91,17 +91,25 @@ def _pyplot():
 
 
 def plot_maps(probs: list[np.ndarray], path, layers=PLOT_LAYERS, tokens: int | None = None) -> Path:
-    """The Fig. 2 analog: per chosen layer, the attention map averaged over heads [T, T], log color scale.
+    """The Fig. 2 analog: per chosen layer, the attention map averaged over heads [T, T], log color scale, with the
+    sink's column (key 0) set off from the axis and marked by a red triangle above it.
     `tokens` crops to the first that many queries and keys (None: the whole prompt)."""
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
     layers = [n for n in layers if n < len(probs)]
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 2.8), squeeze=False)
-    for ax, n in zip(axes[0], layers, strict=False):
+    for ax, n in zip(axes[0], layers, strict=True):
         avg = probs[n].mean(axis=0)[:tokens, :tokens]  # [T, T], averaged over heads
+        T = len(avg)
         shown = np.where(np.tril(np.ones_like(avg, dtype=bool)), np.maximum(avg, 1e-4), np.nan)
         im = ax.imshow(shown, norm=LogNorm(vmin=1e-4, vmax=1), cmap="viridis", interpolation="nearest")
+        # The sink is key 0, the map's first column: at the image's edge the axis line hides it, so leave a margin
+        # of empty plot to its left and point at it from above.
+        margin = max(2.0, 0.04 * T)
+        ax.set_xlim(-0.5 - margin, T - 0.5)
+        ax.set_ylim(T - 0.5, -0.5 - margin)
+        ax.plot([0], [-0.5 - margin / 2], marker="v", color="red", markersize=5, clip_on=False)
         ax.set_title(f"layer {n}", fontsize=9)
         ax.set_xlabel("key", fontsize=8)
         ax.tick_params(labelsize=7)

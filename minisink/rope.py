@@ -6,7 +6,7 @@ by the angle position * inv_freq[i]:
     rope(x, p) = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]
 
 The one fact the sink cache relies on: the score between a query rotated at p and a key rotated at p' depends only
-on p - p' (a rotation by p, then back by p'). See docs/06-ring-buffer.md.
+on p - p' (a rotation by p, then back by p'). See docs/05-ring-buffer.md.
 
 The trap: llama.cpp's converter (`permute` in its convert_hf_to_gguf.py) reorders the q_proj/k_proj rows of GGUF
 files so that RoPE rotates adjacent pairs (x[2i], x[2i+1]) instead of halves. weights_fetch.py undoes that

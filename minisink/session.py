@@ -17,7 +17,7 @@ zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` nam
 The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
 forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what
 the saved keys and values depend on, whatever file format the weights came from: another checkpoint, or the same
-one quantized differently, is refused. So is a model whose sink logits (chapter 05) differ from the ones the
+one quantized differently, is refused. So is a model whose sink logits (chapter 07) differ from the ones the
 session was saved with: the forward pass uses them, and the keys of every layer after the first depend on them.
 
 Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
@@ -55,7 +55,7 @@ _fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def weights_sha256(model) -> str:
     """sha256 over every weight array of `model` and of its layers (by attribute name: name, dtype, shape,
-    bytes). Computed once per model object: the weights do not change. The sink logits and values (chapter 05)
+    bytes). Computed once per model object: the weights do not change. The sink logits and values (chapter 07)
     are settable, not weights: `sinks_sha256` covers them."""
     if model not in _fingerprints:
         digest, seen = hashlib.sha256(), {id(model.sink_logits), id(model.sink_values)}  # skipped
@@ -168,7 +168,7 @@ def check_identity(header: dict, model, path: Path):
             what = "with sink logits, and this model has none"
         else:
             what = "with other sink logits (or sink values) than this model's"
-        raise SessionError(f"{path} was saved {what} (chapter 05): its keys and values were computed with those, so "
+        raise SessionError(f"{path} was saved {what} (chapter 07): its keys and values were computed with those, so "
                            "resume it with the same --sink-logits / --sink-value as when it started, or start a new "
                            "session")
 

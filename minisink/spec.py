@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import CacheError, FullCache, RecomputeWindow, SinkCache
-from .eviction import H2OCache, SnapKVCache, TOVACache
 
 POLICIES = ("dense", "sink", "window", "recompute", "h2o", "tova", "snapkv")
 BY_ATTENTION = ("h2o", "tova")  # choose what to keep by attention, within a budget; decide per token
@@ -132,11 +131,13 @@ class CacheSpec:
             return SinkCache(config, self.sinks, self.window, self.renumber, **o)
         if self.policy == "recompute":
             return RecomputeWindow(config, self.window, self.sinks)
+        from . import eviction  # the policies that read attention, imported only when one is built
+
         if self.policy == "h2o":
-            return H2OCache(config, self.budget, **o)
+            return eviction.H2OCache(config, self.budget, **o)
         if self.policy == "tova":
-            return TOVACache(config, self.budget, **o)
-        return SnapKVCache(config, window=self.window, **o)
+            return eviction.TOVACache(config, self.budget, **o)
+        return eviction.SnapKVCache(config, window=self.window, **o)
 
 
 def new_cache(model, policy: str | CacheSpec = "dense", **fields):

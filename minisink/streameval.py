@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from . import evaluate
 from .model import PREFILL_CHUNK
 from .spec import CacheSpec, new_cache
 
@@ -59,7 +60,7 @@ class Query:
 def feed(model, cache, ids, chunk: int) -> np.ndarray:
     """Feed ids [T] in chunks of `chunk`; the logits of the last one [V]."""
     for start in range(0, len(ids), chunk):
-        logits = model.forward(ids[start:start + chunk], cache)
+        logits = evaluate.logits(model, ids[start:start + chunk], cache)
     return logits[-1]
 
 
@@ -115,7 +116,7 @@ def run_streameval(model, tok, task: str, spec: CacheSpec, distance: int = 100, 
         answer = []
         for _ in range(ANSWER_TOKENS):  # greedy; the answer joins the stream, as in a conversation
             answer.append(int(np.argmax(logits)))
-            logits = model.forward(answer[-1:], cache)[-1]
+            logits = evaluate.logits(model, answer[-1:], cache)[-1]
         position += len(answer)
         text = tok.decode(answer)
         digits = re.search(r"\d+", text)

@@ -5,7 +5,7 @@ in SINKS) over total cache sizes from 64 tokens up to what `budget_mb` holds (ke
 D x 4 bytes per token, 46 KB for SmolLM2), scores the text with each (evaluate.stream_nll, fed in chunks: the same
 NLLs as token by token), and prints the Pareto table (no other setting is smaller, better and faster at once)
 and a recommendation: the smallest cache whose perplexity is within `tolerance` of the best one measured.
-What it does not: h2o and tova (they must be fed token by token: `minisink ppl --mode h2o` scores them), nor
+What it does not: h2o and tova (they must be fed token by token: `minisink ppl --policy h2o` scores them), nor
 promise that the ranking carries over to another text.
 """
 

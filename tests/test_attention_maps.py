@@ -100,3 +100,17 @@ def test_real_model_puts_attention_on_the_first_token(real_model, real_tokenizer
     assert mass.shape == (30, 9)
     assert mass[2:].mean() > 5 * uniform
     assert (mass[2:] > 0.5).mean() > 0.2  # many heads put most of their attention there
+
+
+def test_the_sink_column_is_visible_in_the_map(tmp_path):
+    """Key 0 is the first column of the map: it must show as a bright vertical line, not hide under the axis."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    T = 109  # the default prompt's length
+    p = np.full((1, T, T), 1e-4, dtype=np.float32)
+    p[0, :, 0] = 1.0  # everything on the sink: a bright column (the diagonal stays dark)
+    png = imread(am.plot_maps([p], tmp_path / "maps.png", layers=(0,)))  # [rows, cols, RGBA] in 0..1
+    bright = (png[..., 0] > 0.8) & (png[..., 1] > 0.8) & (png[..., 2] < 0.4)  # viridis' yellow at 1.0
+    left = bright[:, : png.shape[1] // 2].sum(axis=0)  # per pixel column, left of the colorbar
+    assert left.max() >= 0.5 * png.shape[0]  # one column is bright over most of the figure's height: the sink's

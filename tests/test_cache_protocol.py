@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import minisink.model
 from minisink.cache import FullCache
+from minisink.evaluate import logits
 from minisink.spec import new_cache
 from tiny import tiny_model
 
@@ -93,8 +94,8 @@ def test_an_interrupted_chunk_leaves_every_cache_as_it_was(run):
             else:
                 patch = raising(cache, "blocks", n % calls, error)
             with pytest.raises(error), patch:
-                m.forward(chunk, cache)
-        got, want = m.forward(chunk, cache), m.forward(chunk, fresh)
+                logits(m, chunk, cache)
+        got, want = logits(m, chunk, cache), logits(m, chunk, fresh)
         assert np.array_equal(got, want), f"{kind}: logits differ after an interrupted chunk (max " \
                                           f"{np.abs(got - want).max():.3g})"
         assert np.array_equal(cache.retained(), fresh.retained()), f"{kind}: {cache.retained()} vs {fresh.retained()}"
@@ -134,6 +135,6 @@ def test_recompute_applies_the_lm_head_to_the_last_row_only():
     want = [m.forward(ids[max(0, t - 5):t + 1], new_cache(m))[-1] for t in range(12)]  # window 6, no sinks
     m.lm_head = m.lm_head.view(RowsRecorder)
     RowsRecorder.rows = []
-    got = m.forward(ids, new_cache(m, "recompute", window=6))
+    got = logits(m, ids, new_cache(m, "recompute", window=6))
     assert RowsRecorder.rows == [6] + [1] * 6, RowsRecorder.rows
     np.testing.assert_allclose(got, np.stack(want), atol=1e-5)

@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minisink.cli import main
-from minisink.generate import Sampler, SamplingError, generate
+from minisink.generate import Sampler, SamplingError, end_of_turn_ids, generate
 from minisink.spec import new_cache
-from tiny import tiny_model
+from minisink.tokenizer import load_tokenizer
+from tiny import tiny_model, write_tiny_checkpoint
 
 logits_strategy = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=40).map(
     lambda xs: np.array(xs, dtype=np.float32))
@@ -80,8 +81,44 @@ def test_generate_feeds_every_token_but_the_stop_and_equals_a_plain_loop():
     stop = out[3]
     cache = new_cache(model)
     stopped = list(generate(model, prompt, cache, max_new_tokens=12, stop_ids={stop}))
-    assert stopped == out[:out.index(stop) + 1]
-    assert len(cache.retained()) == len(prompt) + len(stopped) - 1  # the stop id is not fed
+    assert stopped == out[:out.index(stop)]  # the stop id is not yielded ...
+    assert len(cache.retained()) == len(prompt) + len(stopped)  # ... nor fed
+
+
+def test_generate_stops_at_and_hides_the_end_of_turn_token(tmp_path, capsys):
+    """`minisink generate` stops where the model closes its turn and never prints `<|im_end|>`.
+
+    The tiny model's greedy continuation is computed first; its third token is then given the name <|im_end|> in a
+    word-level tokenizer written beside the checkpoint, so the model "ends its turn" after two words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = write_tiny_checkpoint(tmp_path / "model")
+    model = tiny_model()
+    prompt = [5, 9, 11]
+    free = list(generate(model, prompt, new_cache(model), max_new_tokens=8))
+    end = free[2]
+    assert end not in free[:2] + prompt, "pick another prompt: the stop token must be new"
+    names = [f"w{i}" for i in range(model.config.vocab_size)]
+    names[end] = "<|im_end|>"
+    unused = [i for i in range(len(names)) if i not in free[:3] + prompt]
+    names[unused[0]], names[unused[1]] = "[UNK]", "<|im_start|>"
+    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    assert end_of_turn_ids(load_tokenizer(folder)) == {end}
+
+    code = main(["generate", "--model", str(folder), "--max-new-tokens", "8", "--threads", "1",
+                 " ".join(names[i] for i in prompt)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "<|im_end|>" not in out
+    assert out.strip() == "".join(names[i] for i in free[:2])  # the two words before the end of the turn, no more
+
+
+@pytest.mark.real
+def test_the_end_of_turn_token_of_smollm2(real_tokenizer):
+    assert end_of_turn_ids(real_tokenizer) == {2} == {real_tokenizer.encode("<|im_end|>")[0]}
 
 
 @pytest.mark.real
@@ -110,3 +147,4 @@ def test_cli_chat_streams_a_history_many_times_the_window(real_model_dir, monkey
     assert streamed[-1] > 3 * 64, streamed  # the history is several times the cache
     assert max(held) == 64  # and the cache never holds more than 4 + 60
     assert "Paris" in out
+    assert "<|im_end|>" not in out and "<|im_start|>" not in out  # every reply stopped at its end of turn, hidden

@@ -150,7 +150,7 @@ def test_another_model_is_refused(saved):
 
 
 def test_sink_logits_are_part_of_the_identity(tmp_path):
-    """The forward pass uses the model's sink logits (chapter 05), so the keys and values of a session saved with
+    """The forward pass uses the model's sink logits (chapter 07), so the keys and values of a session saved with
     them hold only with the same ones: resuming without them, or with others, is refused; with the same, exact."""
     model = tiny_model()
     c = model.config

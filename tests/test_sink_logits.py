@@ -1,4 +1,4 @@
-"""Attention with a sink logit per head (gpt-oss; softmax-off-by-one at sigma = 0): docs/05-why-sinks-exist.md.
+"""Attention with a sink logit per head (gpt-oss; softmax-off-by-one at sigma = 0): docs/07-why-sinks-exist.md.
 
 Oracle: transformers' gpt-oss `eager_attention_forward` on random tensors (GQA, masks, several sigma), which appends
 the sink as one more logit column and drops it after the softmax. Properties (hypothesis): sigma = -inf is plain

@@ -9,29 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from minisink.cache import FullCache
-from minisink.rope import Rotation, apply_rope, rotation
+from minisink.rope import apply_rope, rotation
 
-from .common import CASES, close, model_case, run, run_model, torch_or_skip, transformers_logits
-
-
-# --- tasks: run in the child, on the student's functions ------------------------------------------------------
-
-def task_rms_norm(ctx, x, weight, eps):
-    return {"out": ctx.student.rms_norm(x, weight, eps)}
-
-
-def task_rotation(ctx, positions, inv_freq):
-    r = ctx.student.rotation(positions, inv_freq)
-    return {"cos": r.cos, "sin": r.sin}
-
-
-def task_apply_rope(ctx, x, positions, inv_freq, cos=None, sin=None):
-    """The student's apply_rope, at the grader's rotation (cos, sin given) or at the student's own."""
-    r = Rotation(cos, sin) if cos is not None else ctx.student.rotation(positions, inv_freq)
-    return {"out": ctx.student.apply_rope(x, r)}
-
-
-TASKS = {"rms_norm": task_rms_norm, "rotation": task_rotation, "apply_rope": task_apply_rope, "model": run_model}
+from .common import CASES, close, model_case, run, torch_or_skip, transformers_logits
 
 
 # --- checks: run in the grader --------------------------------------------------------------------------------
@@ -40,10 +20,10 @@ def inv_freq_for(D, theta=10000.0):
     return theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)
 
 
-def check_rms_norm_transformers():
+def check_rms_norm_transformers(base):
     torch = torch_or_skip()
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
-    for seed in range(CASES):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         T, d = int(rng.integers(1, 6)), int(rng.choice([4, 48, 576]))
         x = (rng.standard_normal((T, d)) * 10.0 ** rng.integers(-2, 3)).astype(np.float32)
@@ -57,8 +37,8 @@ def check_rms_norm_transformers():
               f"T={T}, d_model={d}, seed={seed}")
 
 
-def check_rms_norm_reference():
-    for seed in range(CASES):
+def check_rms_norm_reference(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         T, d, eps = int(rng.integers(1, 6)), int(rng.integers(2, 40)), float(rng.choice([1e-5, 1e-6, 0.1]))
         x = rng.standard_normal((T, d)).astype(np.float32)
@@ -69,8 +49,8 @@ def check_rms_norm_reference():
         close("rms_norm(x, weight, eps)", got, want, 1e-5, f"T={T}, d_model={d}, eps={eps}, seed={seed}")
 
 
-def check_rotation():
-    for seed in range(CASES):
+def check_rotation(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         D = int(rng.choice([4, 8, 64]))
         start = int(rng.choice([0, 1000, 10**7]))
@@ -90,10 +70,10 @@ def rope_inputs(seed):
     return x, positions, inv_freq_for(D), f"T={T}, heads={heads}, D={D}, positions={positions.tolist()}, seed={seed}"
 
 
-def check_apply_rope_transformers():
+def check_apply_rope_transformers(base):
     torch = torch_or_skip()
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-    for seed in range(CASES):
+    for seed in range(base, base + CASES):
         x, positions, inv_freq, where = rope_inputs(seed)
         angles = positions[:, None] * inv_freq[None, :]
         emb = np.concatenate([angles, angles], axis=-1)  # [T, D]: transformers' layout
@@ -104,16 +84,16 @@ def check_apply_rope_transformers():
         close("apply_rope(x, rotation(positions))", got, want[0].numpy().transpose(1, 0, 2), 1e-4, where)
 
 
-def check_apply_rope_reference():
-    for seed in range(CASES):
+def check_apply_rope_reference(base):
+    for seed in range(base, base + CASES):
         x, positions, inv_freq, where = rope_inputs(seed)
         r = rotation(positions, inv_freq)
         got = (yield run("apply_rope", x=x, positions=positions, inv_freq=inv_freq, cos=r.cos, sin=r.sin))["out"]
         close("apply_rope(x, the grader's rotation)", got, apply_rope(x, r), 1e-5, where)
 
 
-def check_rope_relative():
-    for seed in range(CASES):
+def check_rope_relative(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         D = int(rng.choice([8, 64]))
         q, k = rng.standard_normal((2, 1, 1, D)).astype(np.float32)
@@ -128,29 +108,29 @@ def check_rope_relative():
               f"query at {pq}, key at {pk}, shift {shift}, D={D}, seed={seed} (float64 angles?)")
 
 
-def check_model():
-    for seed in range(3):
+def check_model(base):
+    for seed in range(base, base + 3):
         sizes, model, raw, weights, ids = model_case(seed)
         want = model.forward(ids, FullCache(model.config))
-        got = (yield run("model", sizes=sizes, seed=seed, ids=ids, plug=["rms_norm", "rotation", "apply_rope"]))
+        got = (yield run("model", sizes=sizes, seed=seed, ids=ids))
         where = f"tiny model {sizes}, 12 tokens, seed={seed}"
         close("logits with your functions", got["logits"], want, 1e-4, where)
     try:
         torch_or_skip()
-    except Exception:  # noqa: BLE001: transformers is a second oracle here, not the only one
+    except Exception:  # noqa: BLE001 (transformers is a second oracle here, not the only one)
         return
     close("logits with your functions vs transformers' LlamaForCausalLM", got["logits"],
           transformers_logits(raw, weights, ids), 1e-3, where)
 
 
-CHECKS = [
-    ("rms_norm equals transformers' LlamaRMSNorm", check_rms_norm_transformers),
-    ("rms_norm equals the formula (eps matters on a tiny row)", check_rms_norm_reference),
-    ("rotation: cos/sin [T, 1, D] equal the reference, also at position 10**7", check_rotation),
+CHECKS = [  # (title, points, check)
+    ("rms_norm equals transformers' LlamaRMSNorm", 1, check_rms_norm_transformers),
+    ("rms_norm equals the formula (eps matters on a tiny row)", 1, check_rms_norm_reference),
+    ("rotation: cos/sin [T, 1, D] equal the reference, also at position 10**7", 1, check_rotation),
     ("apply_rope(x, rotation(p)) equals transformers' apply_rotary_pos_emb (rotate halves)",
-     check_apply_rope_transformers),
-    ("apply_rope with the grader's rotation equals the reference", check_apply_rope_reference),
-    ("RoPE is relative: shifting query and key by the same amount keeps q.k", check_rope_relative),
+     1, check_apply_rope_transformers),
+    ("apply_rope with the grader's rotation equals the reference", 1, check_apply_rope_reference),
+    ("RoPE is relative: shifting query and key by the same amount keeps q.k", 1, check_rope_relative),
     ("the tiny model with your rms_norm/rotation/apply_rope gives the reference logits (and transformers')",
-     check_model),
+     2, check_model),
 ]

@@ -10,27 +10,9 @@ import numpy as np
 
 from minisink.cache import FullCache, KVBlock, causal_mask
 from minisink.reference import loop_attention
-from minisink.rope import Rotation, rotation
+from minisink.rope import rotation
 
-from .common import CASES, Fail, close, model_case, random_chunks, run, run_model, torch_or_skip, transformers_logits
-
-
-# --- tasks: run in the child ------------------------------------------------------------------------------------
-
-def task_attention(ctx, q, n_kv_heads, n_blocks, with_probs, **arrays):
-    """The student's attention over blocks sent as arrays: keys_i, values_i, and optional mask_i, cos_i, sin_i."""
-    blocks = []
-    for i in range(n_blocks):
-        rot = Rotation(arrays[f"cos_{i}"], arrays[f"sin_{i}"]) if arrays.get(f"cos_{i}") is not None else None
-        blocks.append(KVBlock(arrays[f"keys_{i}"], arrays[f"values_{i}"], arrays.get(f"mask_{i}"), rot))
-    result = ctx.student.attention(q, blocks, n_kv_heads, with_probs=with_probs) if with_probs else \
-        ctx.student.attention(q, blocks, n_kv_heads)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise TypeError(f"attention must return (output, probabilities or None), got {type(result).__name__}")
-    return {"out": result[0], "probs": result[1]}
-
-
-TASKS = {"attention": task_attention, "model": run_model}
+from .common import CASES, Fail, close, model_case, random_chunks, run, torch_or_skip, transformers_logits
 
 
 # --- checks: run in the grader -------------------------------------------------------------------------------
@@ -61,8 +43,8 @@ def attention_request(q, blocks, n_kv_heads, with_probs):
     return run("attention", q=q, n_kv_heads=n_kv_heads, n_blocks=len(blocks), with_probs=with_probs, **arrays)
 
 
-def _check_attention(n_blocks, rotate):
-    for seed in range(CASES):
+def _check_attention(base, n_blocks, rotate):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         Hkv, G, T = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 5))
         D = int(rng.choice([4, 8]))
@@ -80,17 +62,17 @@ def _check_attention(n_blocks, rotate):
         close("output [T, H * D] (with_probs=False)", got["out"], want_out, 1e-4, where)
 
 
-def check_attention_one_block():
-    yield from _check_attention(1, False)
+def check_attention_one_block(base):
+    yield from _check_attention(base, 1, False)
 
 
-def check_attention_blocks():
-    yield from _check_attention(0, True)
+def check_attention_blocks(base):
+    yield from _check_attention(base, 0, True)
 
 
-def check_attention_torch():
+def check_attention_torch(base):
     torch = torch_or_skip()
-    for seed in range(CASES):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         Hkv, G, T, D = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 6)), 8
         q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
@@ -105,52 +87,52 @@ def check_attention_torch():
               want[0].numpy().transpose(1, 0, 2).reshape(T, -1), 1e-4, f"T={T}, H={Hkv * G}, Hkv={Hkv}, seed={seed}")
 
 
-def check_full_cache_transformers():
+def check_full_cache_transformers(base):
     torch_or_skip()
-    for seed in range(2):
+    for seed in range(base, base + 2):
         sizes, model, raw, weights, ids = model_case(seed, n=10)
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[6, 1, 1, 1, 1], plug=["FullCache"])
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[6, 1, 1, 1, 1])
         close("logits (prefill 6, decode 4) vs transformers' LlamaForCausalLM", got["logits"],
               transformers_logits(raw, weights, ids), 1e-3, f"tiny model {sizes}, seed={seed}")
 
 
-def check_full_cache_chunking():
-    for seed in range(CASES):
+def check_full_cache_chunking(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(100 + seed)
         n = int(rng.integers(2, 25))
         sizes, model, raw, _, ids = model_case(seed, n=n)
         chunks = random_chunks(rng, n)
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks, plug=["FullCache"])
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks)
         close("logits", got["logits"], model.forward(ids, FullCache(model.config)), 1e-4,
               f"tiny model {sizes}, {n} tokens fed in chunks {chunks}, seed={seed}")
         if not np.array_equal(got["retained"], np.arange(n)):
             raise Fail(f"seed={seed}: retained() after {n} tokens is {got['retained']}, expected 0..{n - 1}")
 
 
-def check_full_cache_offset():
-    for seed in range(3):
+def check_full_cache_offset(base):
+    for seed in range(base, base + 3):
         sizes, model, raw, _, ids = model_case(seed, sizes={}, n=10)
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[4, 1, 5], plug=["FullCache"],
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[4, 1, 5],
                         cache_args={"position_offset": 10**7})
         close("logits at position_offset 10**7 (RoPE is relative)", got["logits"],
               model.forward(ids, FullCache(model.config)), 1e-3, f"10 tokens, seed={seed}")
 
 
-def check_model():
-    for seed in range(3):
+def check_model(base):
+    for seed in range(base, base + 3):
         sizes, model, raw, _, ids = model_case(seed, n=14)
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[5, 1, 8], plug=["attention", "FullCache"],
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[5, 1, 8],
                         new_cache="dense")
         close("logits through new_cache(model) with your attention and FullCache", got["logits"],
               model.forward(ids, FullCache(model.config)), 1e-4, f"tiny model {sizes}, chunks [5, 1, 8], seed={seed}")
 
 
-CHECKS = [
-    ("attention over one block equals a per-head loop (output and probabilities)", check_attention_one_block),
-    ("attention over several blocks with masks and query rotations equals a per-head loop", check_attention_blocks),
-    ("attention equals torch's scaled_dot_product_attention(enable_gqa=True)", check_attention_torch),
-    ("FullCache: prefill + decode equals transformers' LlamaForCausalLM", check_full_cache_transformers),
-    ("FullCache: any chunking gives the one-shot logits; retained() is every token", check_full_cache_chunking),
-    ("FullCache: position_offset=10**7 changes nothing", check_full_cache_offset),
-    ("your attention and FullCache plugged into new_cache(model) give the reference logits", check_model),
+CHECKS = [  # (title, points, check)
+    ("attention over one block equals a per-head loop (output and probabilities)", 1, check_attention_one_block),
+    ("attention over several blocks with masks and query rotations equals a per-head loop", 1, check_attention_blocks),
+    ("attention equals torch's scaled_dot_product_attention(enable_gqa=True)", 1, check_attention_torch),
+    ("FullCache: prefill + decode equals transformers' LlamaForCausalLM", 1, check_full_cache_transformers),
+    ("FullCache: any chunking gives the one-shot logits; retained() is every token", 1, check_full_cache_chunking),
+    ("FullCache: position_offset=10**7 changes nothing", 1, check_full_cache_offset),
+    ("your attention and FullCache plugged into new_cache(model) give the reference logits", 2, check_model),
 ]

@@ -12,26 +12,8 @@ from minisink.cache import FullCache
 from minisink.reference import ExplicitSinkCache
 from minisink.tiny import tiny_model
 
-from .common import CASES, Fail, close, feed, random_chunks, random_sizes, run, run_model
-
-
-# --- tasks: run in the child ------------------------------------------------------------------------------------
-
-def task_retained(ctx, sizes, seed, ids, chunks, n_sink, window):
-    """retained() and the key storage's shape after each chunk (renumber=False)."""
-    model = tiny_model(seed, **sizes)[0]
-    cache = ctx.student.SinkCache(model.config, n_sink, window, False)
-    out, start = {}, 0
-    with ctx.plugged("SinkCache"):
-        for i, size in enumerate(chunks):
-            model.forward(np.asarray(ids[start:start + size]), cache)
-            start += size
-            out[f"retained_{i}"] = np.asarray(cache.retained(), dtype=np.int64)
-            out[f"storage_{i}"] = np.asarray(getattr(getattr(cache, "keys", None), "shape", ()), dtype=np.int64)
-    return out
-
-
-TASKS = {"model": run_model, "retained": task_retained}
+from .common import CASES, Fail, close, random_chunks, random_sizes, run
+from .tasks import feed
 
 
 # --- checks: run in the grader -------------------------------------------------------------------------------
@@ -51,32 +33,32 @@ def sink_cases(n, renumber, seed0=0, offset=0, S_max=3):
         yield sizes, seed, model, ids, S, W, chunks, where
 
 
-def sink_vs_explicit(renumber, chunked, offset=0, S_max=3):
-    for sizes, seed, model, ids, S, W, chunks, where in sink_cases(CASES, renumber, offset=offset, S_max=S_max):
+def sink_vs_explicit(base, renumber, chunked, offset=0, S_max=3):
+    for sizes, seed, model, ids, S, W, chunks, where in sink_cases(CASES, renumber, base, offset, S_max):
         want = feed(model, ids, ExplicitSinkCache(model.config, S, W, renumber, offset))
         got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks if chunked else None,
-                        plug=["SinkCache"], cache="SinkCache",
+                        cache="SinkCache",
                         cache_args=dict(n_sink=S, window=W, renumber=renumber, position_offset=offset))
         close("logits", got["logits"], want, 1e-4 if not offset else 1e-3,
               where + (f", chunks {chunks}" if chunked else ", one token at a time"))
 
 
-def check_fits():
-    for seed in range(CASES):
+def check_fits(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         sizes = random_sizes(rng)
         S, W = int(rng.integers(0, 4)), int(rng.integers(1, 8))
         model, raw, _ = tiny_model(seed, **sizes)
         ids = rng.integers(0, raw["vocab_size"], S + W)  # exactly fills the cache: nothing evicted
         chunks = random_chunks(rng, S + W)
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks, plug=["SinkCache"],
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks,
                         cache="SinkCache", cache_args=dict(n_sink=S, window=W, renumber=False))
         close("logits", got["logits"], model.forward(ids, FullCache(model.config)), 1e-4,
               f"n_sink={S}, window={W}, {S + W} tokens in chunks {chunks}, seed={seed}")
 
 
-def check_retained():
-    for seed in range(CASES):
+def check_retained(base):
+    for seed in range(base, base + CASES):
         rng = np.random.default_rng(seed)
         S, W = int(rng.integers(0, 5)), int(rng.integers(1, 8))
         ids = rng.integers(0, 61, int(rng.integers(1, 30)))
@@ -93,26 +75,26 @@ def check_retained():
             if got[f"storage_{i}"].tolist() != got["storage_0"].tolist():
                 raise Fail(f"n_sink={S}, window={W}, seed={seed}: the key storage grew from "
                            f"{got['storage_0'].tolist()} to {got[f'storage_{i}'].tolist()}: a ring buffer's "
-                           f"storage is fixed at S + W slots")
+                           f"storage is fixed at construction")
 
 
-def check_text_positions():
-    yield from sink_vs_explicit(False, chunked=False)
+def check_text_positions(base):
+    yield from sink_vs_explicit(base, False, chunked=False)
 
 
-def check_text_positions_chunked():
-    yield from sink_vs_explicit(False, chunked=True)
+def check_text_positions_chunked(base):
+    yield from sink_vs_explicit(base, False, chunked=True)
 
 
-def check_window_attention():
-    yield from sink_vs_explicit(True, chunked=True, S_max=0)
+def check_window_attention(base):
+    yield from sink_vs_explicit(base, True, chunked=True, S_max=0)
 
 
-CHECKS = [
-    ("SinkCache: while the stream fits (S + W tokens) it equals the full cache", check_fits),
-    ("SinkCache: retained() is the first S and the last W tokens; storage stays S + W slots", check_retained),
+CHECKS = [  # (title, points, check)
+    ("SinkCache: while the stream fits (S + W tokens) it equals the full cache", 1, check_fits),
+    ("SinkCache: retained() is the first S and the last W tokens; the storage never grows", 1, check_retained),
     ("SinkCache(renumber=False): one token at a time equals an explicit cache at text positions",
-     check_text_positions),
-    ("SinkCache(renumber=False): any chunking equals the explicit cache", check_text_positions_chunked),
-    ("SinkCache(n_sink=0): window attention equals the explicit cache", check_window_attention),
+     1, check_text_positions),
+    ("SinkCache(renumber=False): any chunking equals the explicit cache", 2, check_text_positions_chunked),
+    ("SinkCache(n_sink=0): window attention equals the explicit cache", 1, check_window_attention),
 ]

@@ -1,115 +1,87 @@
-"""Assignment 7 checks: eviction by attention (eviction.py: tova_victim, h2o_victim).
+"""Assignment 7 checks: an eviction policy behind the cache interface (h2o.py: H2OCache).
 
-Oracles, computed here: the plain rules of minisink/reference.py (tova_victim, h2o_victim) on random inputs, and a
-tiny streaming run (`stream`, below) in which the student's rule and the reference each choose every eviction:
-a wrong choice changes every attention row after it, so the two runs must agree step by step.
+Oracle, computed here: minisink/reference.py::EvictionReference("h2o"), which keeps every key and re-applies
+H2O's rule from scratch at each chunk (the plain version tests/test_eviction.py checks minisink's own H2OCache
+against): the same stream, fed in the same chunks, must give the same logits and keep the same tokens per layer
+and KV head. The convention is one: a token's score is the attention it received, summed over the queries that
+saw it and over the G query heads of its KV head (docs/08-other-ways-to-forget.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minisink import reference
+from minisink.cache import FullCache
+from minisink.reference import EvictionReference
+from minisink.tiny import tiny_model
 
-from .common import CASES, Fail, run
+from .common import CASES, Fail, close, random_chunks, random_sizes, run
 
 
-def stream(q, k, capacity, policy, victim, n_recent=0):
-    """Stream N tokens through a cache of `capacity`: token t's query attends over the kept keys (itself included),
-    then, if the cache is over capacity, `victim` picks the token to drop. q, k [N, H, D] -> [N] stream index
-    evicted at each step (-1: none)."""
-    kept, scores, evicted = [], [], []
-    for t in range(len(q)):
-        kept.append(t)
-        scores.append(0.0)
-        s = np.einsum("hd,lhd->hl", q[t].astype(np.float64), k[kept].astype(np.float64)) / np.sqrt(q.shape[2])
-        p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)  # [H, L]
-        scores = [a + b for a, b in zip(scores, p.mean(axis=0), strict=True)]  # H2O's accumulated attention
-        if len(kept) <= capacity:
-            evicted.append(-1)
+def h2o_case(seed, n_min=12, n_max=30, one_by_one=False):
+    rng = np.random.default_rng(seed)
+    sizes = random_sizes(rng)
+    budget = int(rng.integers(2, 10))
+    heavy = int(rng.integers(0, budget))
+    model, raw, _ = tiny_model(seed, **sizes)
+    ids = rng.integers(0, raw["vocab_size"], int(rng.integers(n_min, n_max)))
+    chunks = [1] * len(ids) if one_by_one else random_chunks(rng, len(ids))
+    where = f"budget={budget}, heavy={heavy}, {len(ids)} tokens in chunks {chunks}, tiny model {sizes}, seed={seed}"
+    return sizes, model, ids, chunks, budget, heavy, where
+
+
+def against_reference(seed, one_by_one):
+    sizes, model, ids, chunks, budget, heavy, where = h2o_case(seed, one_by_one=one_by_one)
+    got = yield run("h2o", sizes=sizes, seed=seed, ids=ids, chunks=chunks, budget=budget, heavy=heavy)
+    ref, start, want = EvictionReference(model, "h2o", budget=budget, heavy=heavy), 0, []
+    for i, size in enumerate(chunks):
+        want.append(ref.forward(ids[start:start + size]))
+        start += size
+        if got[f"retained_{i}"].tolist() != ref.retained().tolist():
+            raise Fail(f"{where}: after {start} tokens, retained() (per layer and KV head) is "
+                       f"{got[f'retained_{i}'].tolist()}, the reference keeps {ref.retained().tolist()}")
+        if got[f"storage_{i}"].tolist() != got["storage_0"].tolist():
+            raise Fail(f"{where}: the key storage went from {got['storage_0'].tolist()} to "
+                       f"{got[f'storage_{i}'].tolist()}: a budget of N tokens is N - 1 slots, fixed at construction")
+    close("logits", got["logits"], np.concatenate(want), 1e-4, where)
+
+
+def check_fits(base):
+    for seed in range(base, base + CASES):
+        sizes, model, ids, chunks, budget, heavy, where = h2o_case(seed)
+        ids, chunks = ids[:budget - 1], random_chunks(np.random.default_rng(seed), budget - 1) if budget > 1 else []
+        if not len(ids):
             continue
-        i = victim(p) if policy == "tova" else victim(np.array(scores), n_recent)
-        i = int(i)
-        if not 0 <= i < len(kept):
-            raise IndexError(f"the victim must be an index in 0..{len(kept) - 1}, got {i}")
-        evicted.append(kept.pop(i))
-        scores.pop(i)
-    return np.array(evicted)
+        got = yield run("h2o", sizes=sizes, seed=seed, ids=ids, chunks=chunks, budget=budget, heavy=heavy)
+        close("logits while nothing is evicted", got["logits"], model.forward(ids, FullCache(model.config)), 1e-4,
+              f"budget={budget}, heavy={heavy}, {len(ids)} tokens in chunks {chunks}, seed={seed}")
 
 
-def task_tova(ctx, probs):
-    return {"victim": np.array(int(ctx.student.tova_victim(probs)))}
+def check_one_by_one(base):
+    for seed in range(base, base + CASES):
+        yield from against_reference(seed, one_by_one=True)
 
 
-def task_h2o(ctx, scores, n_recent):
-    return {"victim": np.array(int(ctx.student.h2o_victim(scores, n_recent)))}
+def check_chunks(base):
+    for seed in range(base + 100, base + 100 + CASES):
+        yield from against_reference(seed, one_by_one=False)
 
 
-def task_stream(ctx, q, k, capacity, policy, n_recent=0):
-    rule = ctx.student.tova_victim if policy == "tova" else ctx.student.h2o_victim
-    return {"evicted": stream(q, k, capacity, policy, rule, n_recent)}
+def check_window(base):
+    """heavy=0 keeps only the budget - 1 newest: window attention at text positions."""
+    for seed in range(base + 200, base + 200 + 3):
+        sizes, model, ids, chunks, budget, _, where = h2o_case(seed)
+        got = yield run("h2o", sizes=sizes, seed=seed, ids=ids, chunks=chunks, budget=budget, heavy=0)
+        n = len(ids)
+        want = np.arange(max(0, n - (budget - 1)), n)
+        if not all(row.tolist() == want.tolist() for layer in got[f"retained_{len(chunks) - 1}"] for row in layer):
+            raise Fail(f"{where.replace(f'heavy={_}', 'heavy=0')}: with no heavy hitters the cache must hold the "
+                       f"{budget - 1} newest tokens {want.tolist()}, got {got[f'retained_{len(chunks) - 1}'].tolist()}")
 
 
-TASKS = {"tova": task_tova, "h2o": task_h2o, "stream": task_stream}
-
-
-def check_tova():
-    for seed in range(2 * CASES):
-        rng = np.random.default_rng(seed)
-        H, L = int(rng.integers(1, 5)), int(rng.integers(1, 12))
-        probs = rng.dirichlet(np.ones(L) * 0.5, H).astype(np.float32)  # [H, L], rows sum to 1
-        if seed % 4 == 3:
-            probs[:, -1] = probs[:, 0]  # a tie: the first index wins
-        got = int((yield run("tova", probs=probs))["victim"])
-        want = reference.tova_victim(probs.astype(np.float64))
-        if got != want:
-            raise Fail(f"H={H}, L={L}, seed={seed}: you evict {got}, TOVA evicts {want} (mean attention over heads "
-                       f"{np.round(probs.mean(0), 3).tolist()})")
-
-
-def check_h2o():
-    for seed in range(2 * CASES):
-        rng = np.random.default_rng(seed)
-        L = int(rng.integers(2, 12))
-        n_recent = int(rng.integers(0, L))
-        scores = (rng.random(L) * rng.integers(1, 20)).astype(np.float64)
-        if seed % 4 == 3:
-            scores[1] = scores[0]
-        got = int((yield run("h2o", scores=scores, n_recent=n_recent))["victim"])
-        want = reference.h2o_victim(scores, n_recent)
-        if got != want:
-            raise Fail(f"L={L}, n_recent={n_recent}, seed={seed}: you evict {got}, H2O evicts {want} "
-                       f"(scores {np.round(scores, 3).tolist()})")
-
-
-def _check_stream(policy):
-    for seed in range(4):
-        rng = np.random.default_rng(seed)
-        N, H, D = 40, int(rng.integers(1, 4)), 8
-        q, k = (3 * rng.standard_normal((2, N, H, D))).astype(np.float32)
-        capacity = int(rng.integers(3, 10))
-        n_recent = int(rng.integers(1, capacity)) if policy == "h2o" else 0
-        rule = reference.tova_victim if policy == "tova" else reference.h2o_victim
-        want = stream(q, k, capacity, policy, rule, n_recent)
-        got = (yield run("stream", q=q, k=k, capacity=capacity, policy=policy, n_recent=n_recent))["evicted"]
-        if not np.array_equal(got, want):
-            t = int(np.argmax(got != want))
-            raise Fail(f"{policy}, capacity {capacity}{f', n_recent {n_recent}' if n_recent else ''}, {N} tokens, "
-                       f"H={H}, seed={seed}: at token {t} you evicted token {got[t]}, the reference {want[t]}")
-
-
-def check_tova_stream():
-    yield from _check_stream("tova")
-
-
-def check_h2o_stream():
-    yield from _check_stream("h2o")
-
-
-CHECKS = [
-    ("tova_victim: the least attended token, averaged over heads (ties: the first)", check_tova),
-    ("h2o_victim: the least accumulated attention outside the recent window (ties: the first)", check_h2o),
-    ("a 40-token stream through a TOVA cache evicts what the reference evicts, step by step", check_tova_stream),
-    ("a 40-token stream through an H2O cache evicts what the reference evicts, step by step", check_h2o_stream),
+CHECKS = [  # (title, points, check)
+    ("H2OCache: while the stream fits in the budget it equals the full cache", 1, check_fits),
+    ("H2OCache: heavy=0 keeps the budget - 1 newest tokens (window attention)", 1, check_window),
+    ("H2OCache: one token at a time, the logits and the kept tokens equal the reference H2O", 3, check_one_by_one),
+    ("H2OCache: any chunking, the logits and the kept tokens equal the reference H2O", 3, check_chunks),
 ]

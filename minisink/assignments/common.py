@@ -1,10 +1,11 @@
 """What every assignment's checks module uses: verdicts, comparisons, requests to the child, tiny-model helpers.
 
-A check is a generator function run in the grader (the parent). It builds inputs, asks the child to run the
-student's code on them with `yield run(task, **inputs)` (which returns the task's output arrays), computes the
-answer with an oracle of its own, and compares with `close`: it raises `Fail` with what differed and on which
-input, or `Skip` when an optional oracle (torch, transformers) is not installed. Tasks are the functions of a
-checks module's `TASKS`: they run in the child, on the student's objects (`ctx.student`), and return arrays.
+A check is a generator function run in the grader (the parent), called with the student's base seed: its random
+inputs come from seeds base, base + 1, ... It builds inputs, asks the child to run the student's code on them with
+`yield run(task, **inputs)` (which returns the task's output arrays), computes the answer with an oracle of its
+own, and compares with `close`: it raises `Fail` with what differed and on which input, or `Skip` when an optional
+oracle (torch, transformers) is not installed. A checks module's CHECKS lists (title, points, check). Tasks
+(tasks.py) run in the child, on the student's objects, and return arrays; they never see an expected value.
 """
 
 from __future__ import annotations
@@ -89,42 +90,6 @@ def random_chunks(rng, n: int) -> list[int]:
     while sum(sizes) < n:
         sizes.append(int(min(rng.integers(1, 7), n - sum(sizes))))
     return sizes
-
-
-def feed(model, ids, cache, chunks=None) -> np.ndarray:
-    """Logits [N, V] of `ids` fed through `cache` in pieces of the given sizes (default: one token at a time)."""
-    sizes = chunks or [1] * len(ids)
-    bounds = np.cumsum([0] + list(sizes))
-    return np.concatenate([model.forward(ids[a:b], cache) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-
-
-# --- a task shared by assignments 1-4: a tiny model fed through a cache, in the child --------------------------
-
-def run_model(ctx, sizes: dict, seed: int, ids, chunks=None, plug=(), cache="FullCache", cache_args=None,
-              new_cache=None):
-    """Logits of tiny_model(seed, **sizes) fed `ids` in `chunks`, with the student's objects named in `plug` used
-    by minisink itself; the cache is `cache` (the student's class if plugged) or, with `new_cache` a policy name,
-    minisink's factory's: minisink.spec.new_cache(model, new_cache, **cache_args). Also returns the cache's
-    retained() after the last chunk."""
-    from minisink import spec
-
-    model = tiny_model(seed, **sizes)[0]
-    with ctx.plugged(*plug):
-        if new_cache:
-            c = spec.new_cache(model, new_cache, **(cache_args or {}))
-        else:
-            cls = getattr(ctx.student, cache) if cache in plug else _library(ctx, cache)
-            c = cls(model.config, **(cache_args or {}))
-        logits = feed(model, np.asarray(ids), c, chunks)
-        return {"logits": logits, "retained": np.asarray(c.retained(), dtype=np.int64)}
-
-
-def _library(ctx, name):
-    """minisink.cache's class `name` as the library has it (its original, if it is graded and stood in for)."""
-    import minisink.cache
-
-    sites = ctx.sites.get(name)
-    return sites[0][1] if sites else getattr(minisink.cache, name)
 
 
 def model_case(seed: int, sizes: dict | None = None, n: int = 12):

@@ -3,23 +3,35 @@
 What it does, for one submission (a folder):
 1. reads the student's files as text and checks them with `ast` (nothing of theirs runs in this process): every
    graded function or class is defined in its file, with the graded methods in the class body, and no file
-   imports minisink's own implementation of what is graded, the grader's oracles, or code at run time
-   (exec, eval, __import__, importlib, sys.modules);
-2. starts the child (sandbox.py) under a memory limit and a CPU-time limit, and gives every check a wall-clock
-   deadline. A check that the child cannot answer (it raised, exited, crashed, ran out of time or memory) FAILs
-   with what happened; the next check gets a fresh child;
-3. runs the checks here: their oracles and comparisons never touch an object the student's code could change.
-A check passes only by running and matching; SKIP (an optional oracle is missing) is reported and is not a pass:
-`grade` is True only when every check ran and passed.
+   imports minisink's own implementation of what is graded, a minisink module the child does not offer (the
+   references, the evaluator, the calibration, the graders) or code at run time (exec, eval, __import__,
+   importlib, sys.modules);
+2. starts the child (sandbox.py) under a memory limit and a CPU-time limit, with pipes for its input and output,
+   its printing going to a log file, and none of the grader's terminal among its files; it holds no answer (the
+   graded library code is compiled there with raising bodies) and refuses processes, files, ctypes and run-time
+   code. Every check has a wall-clock deadline. A check the child cannot answer (it raised, exited, crashed, ran
+   out of time or memory) FAILs with what happened; the next check gets a fresh child;
+3. runs the checks here: their inputs, their expected values (oracles) and their comparisons never touch an
+   object the student's code could reach. The inputs come from seeds derived from the student's id (`--student`,
+   or the folder's name), so each student's numbers differ and a failure can be reproduced;
+4. after each child, ends every process the submission started: this process is a child subreaper (Linux
+   prctl PR_SET_CHILD_SUBREAPER), so a double fork and setsid() leaves the orphan here, where it is found and
+   killed. A submission that left one running gets no points (its grade is marked invalid);
+5. only then reports, and writes the CSV (atomically: a temporary file renamed).
+A check that passes earns its points; SKIP (an optional oracle, torch, is not installed here) earns none and
+costs none: the total counts only the checks that ran, and the report names the ones that did not.
 
 What it does not: stop a student who copies minisink's source into their file (the library is the reference, in
-plain sight), or contain a file that attacks the machine (see sandbox.py).
+plain sight), or stand in for a container (see sandbox.py and docs/assignments/TEACHERS.md).
 """
 
 from __future__ import annotations
 
 import ast
 import csv
+import ctypes
+import hashlib
+import json
 import os
 import resource
 import select
@@ -28,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +48,16 @@ import numpy as np
 import minisink
 
 from ..atomic import atomic_write
+from . import PACKAGE, RUNTIME
 from .common import Fail, Run, Skip
-from .sandbox import decode, encode
+from .frames import decode, encode
 
-ROOT = Path(minisink.__file__).resolve().parent.parent  # the folder minisink is imported from (for the child)
+ROOT = PACKAGE.parent  # the folder minisink is imported from (for the child)
+SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 LOG_BYTES = 64 * 2**20  # the largest file the child may write (its log of the student's prints included)
+SHOWN_LINES = 8  # the last lines of a submission's own output shown in its report
 DYNAMIC = {"exec", "eval", "compile", "__import__", "importlib", "runpy", "reload"}
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -53,9 +69,10 @@ class Limits:
 
     def __post_init__(self):
         if not (self.seconds > 0 and self.seconds < 1e6):
-            raise ValueError(f"the time limit must be a positive number of seconds, got {self.seconds}")
+            raise ValueError(f"the time limit must be a positive number of seconds, got {self.seconds} "
+                             f"(--time-limit)")
         if not 64 <= self.memory_mb <= 2**20:
-            raise ValueError(f"the memory limit must be 64 MB or more, got {self.memory_mb}")
+            raise ValueError(f"the memory limit must be 64 MB or more, got {self.memory_mb} (--memory-limit)")
 
 
 @dataclass
@@ -63,6 +80,46 @@ class Result:
     check: str
     result: str  # PASS, FAIL or SKIP
     message: str = ""
+    points: int = 1  # what the check is worth; earned only by a PASS
+
+
+@dataclass
+class Grade:
+    """One submission's grade: every check's result, the submission's own output, and whether it is valid."""
+
+    student: str
+    assignment: int
+    title: str
+    folder: Path
+    seed: int
+    results: list[Result] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)  # the last lines the submission printed (its own, labelled)
+    invalid: str = ""  # why the grade is void (a process the submission started outlived it)
+
+    @property
+    def points(self) -> int:
+        return 0 if self.invalid else sum(r.points for r in self.results if r.result == "PASS")
+
+    @property
+    def total(self) -> int:
+        return sum(r.points for r in self.results if r.result != "SKIP")
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.check for r in self.results if r.result == "FAIL"]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [r.check for r in self.results if r.result == "SKIP"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid and not self.failed and self.total > 0
+
+
+def student_seed(student: str) -> int:
+    """The base seed of a student's random inputs: the same id, the same numbers (a failure can be reproduced)."""
+    return int.from_bytes(hashlib.sha256(student.encode()).digest()[:3], "big") * 1000
 
 
 # --- 1. the student's source, read as text -------------------------------------------------------------------------
@@ -85,7 +142,7 @@ def inspect_source(a, file: str, source: str) -> list[str]:
     own = a.todo.get(file, [])
     defined_here = {q.split(".")[0] for q in own}
     forbidden_names = set(a.forbidden_names) | defined_here
-    closed = ("minisink.reference", "minisink.assignments", *a.forbidden_modules)
+    closed = tuple(m for m in _library_modules() if m not in allowed_modules(a)) + ("minisink.assignments",)
     minisink_aliases = set()  # local names bound to minisink modules (import minisink.cache as c -> c)
     for node in ast.walk(tree):
         line = f"{file} line {getattr(node, 'lineno', '?')}"
@@ -94,7 +151,8 @@ def inspect_source(a, file: str, source: str) -> list[str]:
                 if alias.name == "minisink" or alias.name.startswith("minisink."):
                     minisink_aliases.add(alias.asname or alias.name.split(".")[0])
                 if any(alias.name == c or alias.name.startswith(c + ".") for c in closed):
-                    problems.append(f"{line}: imports {alias.name}, the grader's reference (not allowed)")
+                    problems.append(f"{line}: imports {alias.name}, not available while grading (the reference "
+                                    f"or the grader)")
                 if alias.name.split(".")[0] in DYNAMIC:
                     problems.append(f"{line}: imports {alias.name} (code loaded at run time is not allowed)")
         elif isinstance(node, ast.ImportFrom):
@@ -106,7 +164,8 @@ def inspect_source(a, file: str, source: str) -> list[str]:
                     full = f"{module}.{alias.name}"
                     if any(full == c or full.startswith(c + ".") or module == c or module.startswith(c + ".")
                            for c in closed):
-                        problems.append(f"{line}: imports {full}, the grader's reference (not allowed)")
+                        problems.append(f"{line}: imports {full}, not available while grading (the reference "
+                                        f"or the grader)")
                     elif alias.name in forbidden_names:
                         problems.append(f"{line}: imports {alias.name} from {module}: that is minisink's own "
                                         f"{alias.name}, the answer being graded; write your own")
@@ -131,6 +190,15 @@ def inspect_source(a, file: str, source: str) -> list[str]:
 
 def _modules() -> set[str]:
     return {p.stem for p in Path(minisink.__file__).parent.glob("*.py")} | {"assignments"}
+
+
+def _library_modules() -> tuple[str, ...]:
+    return tuple(f"minisink.{m}" for m in sorted(_modules()) if m not in ("__init__", "__main__", "assignments"))
+
+
+def allowed_modules(a) -> tuple[str, ...]:
+    """The minisink modules assignment `a`'s child may import (and a submission may import from)."""
+    return tuple(m for m in RUNTIME if m not in a.forbidden_modules)
 
 
 def _check_definitions(file: str, tree: ast.Module, qualnames: list[str], minisink_aliases: set[str]) -> list[str]:
@@ -196,7 +264,7 @@ def inspect_submission(a, folder: Path) -> list[str]:
     return problems
 
 
-# --- 2. the child --------------------------------------------------------------------------------------------------
+# --- 2. the child, and every process it starts -----------------------------------------------------------------
 
 class ChildGone(Exception):
     """The child cannot answer: it exited, crashed, timed out, or broke the protocol."""
@@ -206,13 +274,86 @@ class StudentError(Exception):
     """The student's code raised; the message says where and what."""
 
 
+def become_subreaper() -> bool:
+    """Make this process the one that orphans of its descendants are re-parented to (Linux 3.4+), so a
+    double-forked, setsid() process the submission started cannot escape the sweep. False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # it ended meanwhile
+            out[int(entry.name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    return out
+
+
+def sweep(roots: set[int], known: set[int]) -> list[int]:
+    """Kill every process descended from `roots`, and every child of this process not in `known` (orphans
+    re-parented here); reap those that are ours. -> the pids found alive (empty: nothing survived)."""
+    found = []
+    for _ in range(100):  # a fork between the scan and the kill is caught by the next scan
+        parents = _parents()
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [p for p in roots if p in parents] + [p for p in children.get(os.getpid(), []) if p not in known]
+        alive = set()
+        while todo:
+            pid = todo.pop()
+            if pid not in alive:
+                alive.add(pid)
+                todo += children.get(pid, [])
+        live = [p for p in alive if not _zombie(p)]
+        found += [p for p in live if p not in found and p not in roots]
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        reaped = False
+        for pid in alive:
+            if parents.get(pid) == os.getpid():
+                try:
+                    os.waitpid(pid, 0)
+                    reaped = True
+                except ChildProcessError:
+                    pass
+        if not live and not reaped:
+            return found
+        time.sleep(0.01)
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone
+    return stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X")
+
+
+def _our_children() -> set[int]:
+    return {pid for pid, ppid in _parents().items() if ppid == os.getpid()}
+
+
 class Child:
     """One child process holding the student's code (sandbox.py), with limits."""
 
-    def __init__(self, a, folder: Path, limits: Limits, log_dir: Path):
+    def __init__(self, a, folder: Path, limits: Limits, log_dir: Path, n_checks: int):
         self.limits, self.folder = limits, folder
         memory = limits.memory_mb * 2**20
-        cpu = int(limits.seconds * (len(a_checks(a)) + 1)) + 1  # CPU seconds over the child's whole life
+        cpu = int(limits.seconds * (n_checks + 1)) + 1  # CPU seconds over the child's whole life
 
         def limit():  # in the child, before Python starts: hard limits it cannot raise
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -220,14 +361,20 @@ class Child:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (LOG_BYTES, LOG_BYTES))  # endless printing fills no disk
 
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                   PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1")
+        settings = json.dumps({
+            "root": str(ROOT), "package": str(PACKAGE), "number": a.number, "todo": a.todo,
+            "allowed": list(RUNTIME), "given": list(a.given), "stubbed": a.stubbed_modules(),
+            "graded": sorted({q.split(".")[0] for qs in a.todo.values() for q in qs} | set(a.forbidden_names)),
+            "closed": [str(d) for d in teachers_dirs()]})
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.log = open(log_dir / f"child-{time.monotonic_ns()}.log", "w+b")
+        self.known = _our_children() if os.path.isdir("/proc") else set()
+        # -I: isolated (no PYTHON* variables, no user site, not the script's folder on sys.path); close_fds (the
+        # default): the child gets the two pipes and its log, never the grader's terminal.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "minisink.assignments.sandbox", str(a.number), str(folder)],
+            [sys.executable, "-I", str(SANDBOX), settings, str(folder)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=log_dir, env=env,
-            preexec_fn=limit, start_new_session=True)
+            preexec_fn=limit, start_new_session=True, close_fds=True)
         os.set_blocking(self.process.stdin.fileno(), False)  # writes wait in select(), under the deadline
 
     def hello(self) -> dict:
@@ -280,10 +427,10 @@ class Child:
             return decode(read)
         except ChildGone:
             raise
-        except Exception as e:  # noqa: BLE001: whatever the child sent, the grader goes on
+        except Exception as e:  # noqa: BLE001 (whatever the child sent, the grader goes on)
             self.kill()
             raise ChildGone(f"the grading process sent something unreadable {when} ({e}): did your code write "
-                            f"to standard output's file descriptor directly?") from e
+                            f"to standard output's file descriptor directly?") from None
 
     def _death(self, when: str) -> str:
         try:
@@ -299,14 +446,18 @@ class Child:
             what = f"the grading process was stopped by {name} {when}: {why}"
         else:
             what = f"the grading process ended with exit code {code} {when}: graded code must return, not exit"
-        last = self._log_tail()
-        return what + (f" (last output: {last})" if last else "")
+        last = self.output()[-1:]
+        return what + (f" (your code's last output: {last[0][:200]})" if last else "")
 
-    def _log_tail(self) -> str:
+    def output(self) -> list[str]:
+        """The lines the child has written to its log so far (the student's prints and tracebacks), made safe to
+        show: control characters (colours, carriage returns that could overwrite a line) become '?'."""
         self.log.flush()
         self.log.seek(0)
-        lines = [line.strip() for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
-        return lines[-1][:200] if lines else ""
+        text = self.log.read(LOG_BYTES).decode(errors="replace")
+        self.log.seek(0, os.SEEK_END)
+        return ["".join(c if c.isprintable() else "?" for c in line.rstrip()) for line in text.split("\n")
+                if line.strip()]
 
     def kill(self):
         if self.process.poll() is None:
@@ -316,29 +467,49 @@ class Child:
                 pass
         self.process.wait()
 
-    def close(self):
+    def close(self) -> list[int]:
+        """End the child and every process it started; -> the pids of those that were still alive."""
         for f in (self.process.stdin, self.process.stdout):
             try:
                 f.close()
             except OSError:
                 pass
+        pid = self.process.pid
         self.kill()
-        self.log.close()
+        survivors = sweep({pid}, self.known | {pid}) if os.path.isdir("/proc") else []
+        return survivors
 
 
-def a_checks(a) -> list:
+def teachers_dirs() -> list[Path]:
+    """Where the teachers' package is imported from, if it is installed (a submission may not read it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("minisink_teachers")
+    except (ImportError, ValueError):
+        return []
+    return [Path(spec.origin).resolve().parent] if spec and spec.origin else []
+
+
+def checks_of(a) -> list[tuple[str, int, object]]:
+    """(title, points, check) of assignment `a`: its public checks, then the teachers' hidden ones if installed."""
     import importlib
 
-    return importlib.import_module(f"minisink.assignments.{a.checks}").CHECKS
+    checks = list(importlib.import_module(f"minisink.assignments.{a.checks}").CHECKS)
+    try:
+        from minisink_teachers.hidden import HIDDEN
+    except ImportError:
+        return checks
+    return checks + [(f"hidden: {title}", points, fn) for title, points, fn in HIDDEN.get(a.number, [])]
 
 
 # --- 3. the checks, here -------------------------------------------------------------------------------------------
 
-def run_check(check, child: Child, seconds: float):
+def run_check(check, seed: int, child: Child, seconds: float):
     """Drive one check: send each request it yields to the child, hand the outputs back, until it returns (a
     pass) or raises (Fail, Skip, StudentError, ChildGone). All its requests share one deadline."""
     deadline = time.monotonic() + seconds
-    gen = check()
+    gen = check(seed)
     try:
         request = next(gen)
         while True:
@@ -347,47 +518,57 @@ def run_check(check, child: Child, seconds: float):
         pass
 
 
-def grade_submission(a, folder, limits: Limits = Limits()) -> list[Result]:
-    """Every check of assignment `a` on the files in `folder` -> one Result per check (and per problem found
-    before any check could run)."""
+def grade_submission(a, folder, limits: Limits = Limits(), student: str | None = None) -> Grade:
+    """Every check of assignment `a` on the files in `folder` -> its Grade (one Result per check, and one per
+    problem found before any check could run)."""
     folder = Path(folder).resolve()
-    checks = a_checks(a)
+    student = student or folder.name
+    grade = Grade(student, a.number, a.title, folder, student_seed(student))
+    checks = checks_of(a)
     problems = inspect_submission(a, folder)
     if problems:
-        return [Result("the files can be graded", "FAIL", p) for p in problems] + \
-               [Result(title, "FAIL", "not run: fix the problem(s) above first") for title, _ in checks]
-    results = []
+        grade.results = [Result("the files can be graded", "FAIL", p, 0) for p in problems] + \
+            [Result(title, "FAIL", "not run: fix the problem(s) above first", points) for title, points, _ in checks]
+        return grade
+    become_subreaper()  # where unsupported, the child's guard (no fork) and the session kill remain
     with tempfile.TemporaryDirectory(prefix="minisink-grade-") as tmp:
-        child, refusal = None, None
-        for title, check in checks:
+        child, refusal, survivors = None, None, []
+        for title, points, check in checks:
             if refusal:
-                results.append(Result(title, "FAIL", refusal))
+                grade.results.append(Result(title, "FAIL", refusal, points))
                 continue
             if child is None:  # a fresh child: it imports the student's files and says where each graded piece is
-                child = Child(a, folder, limits, Path(tmp))
+                child = Child(a, folder, limits, Path(tmp), len(checks))
                 try:
                     refusal = _origins_refused(a, folder, child.hello())
                 except (StudentError, ChildGone) as e:
                     refusal = str(e)
                 if refusal:
-                    results.append(Result(title, "FAIL", refusal))
+                    grade.results.append(Result(title, "FAIL", refusal, points))
                     continue
             try:
-                run_check(check, child, limits.seconds)
-                results.append(Result(title, "PASS"))
+                run_check(check, grade.seed, child, limits.seconds)
+                grade.results.append(Result(title, "PASS", "", points))
             except Skip as e:
-                results.append(Result(title, "SKIP", str(e)))
+                grade.results.append(Result(title, "SKIP", str(e), points))
             except (Fail, StudentError) as e:
-                results.append(Result(title, "FAIL", str(e)))
+                grade.results.append(Result(title, "FAIL", str(e), points))
             except ChildGone as e:
-                results.append(Result(title, "FAIL", str(e)))
-                child.close()
+                grade.results.append(Result(title, "FAIL", str(e), points))
+                grade.output += child.output()
+                survivors += child.close()
                 child = None
-            except Exception as e:  # noqa: BLE001: outputs of the wrong kind (a missing name, a list of arrays...)
-                results.append(Result(title, "FAIL", f"your outputs could not be checked: {type(e).__name__}: {e}"))
+            except Exception as e:  # noqa: BLE001 (outputs of the wrong kind)
+                grade.results.append(Result(title, "FAIL", f"your outputs could not be checked: {type(e).__name__}: "
+                                                           f"{e}", points))
         if child:
-            child.close()
-    return results
+            grade.output += child.output()
+            survivors += child.close()
+    grade.output = grade.output[-SHOWN_LINES:]
+    if survivors:
+        grade.invalid = (f"your code started {len(survivors)} process(es) that outlived it (pids "
+                         f"{', '.join(map(str, survivors[:5]))}; killed): the grade is void")
+    return grade
 
 
 def _origins_refused(a, folder: Path, hello: dict) -> str | None:
@@ -402,26 +583,38 @@ def _origins_refused(a, folder: Path, hello: dict) -> str | None:
     return None
 
 
-def report(a, folder, results: list[Result], out=print) -> bool:
-    """Print one line per check and a summary; True iff every check ran and passed."""
-    out(f"minisink assignment {a.number}: {a.title}, grading {Path(folder).resolve()}")
-    for r in results:
-        out(f"  {r.result}  {r.check}" + (f"\n        {r.message}" if r.message else ""))
-    passed = sum(r.result == "PASS" for r in results)
-    skipped = sum(r.result == "SKIP" for r in results)
-    ok = passed == len(results)
-    out(f"{passed} of {len(results)} checks passed" + (f", {skipped} skipped (not a pass)" if skipped else "") +
-        (": well done" if ok else ""))
-    return ok
+# --- 4. what the teacher reads ------------------------------------------------------------------------------------
+
+def report(g: Grade, out=print) -> None:
+    """One line per check with its points, the submission's own output (labelled as such), and the total."""
+    out(f"minisink assignment {g.assignment}: {g.title}, grading {g.folder} (student {g.student}, seed {g.seed})")
+    for r in g.results:
+        earned = r.points if r.result == "PASS" else 0
+        worth = f"{earned}/{r.points}" if r.result != "SKIP" else f"-/{r.points}"
+        out(f"  {r.result}  {worth:>5}  {r.check}" + (f"\n        {r.message}" if r.message else ""))
+    if g.output:
+        out(f"  output of the submission (its last {len(g.output)} lines, not the grader's):")
+        out("\n".join(f"    submission| {line[:200]}" for line in g.output))
+    if g.invalid:
+        out(f"  INVALID  {g.invalid}")
+    if g.skipped:
+        out(f"  not run here ({len(g.skipped)}, not counted: install torch and transformers, "
+            f"pip install 'minisink[oracle]'): " + "; ".join(g.skipped))
+    out(f"grade: {g.points} of {g.total} points, {len(g.results) - len(g.failed) - len(g.skipped)} of "
+        f"{len(g.results) - len(g.skipped)} checks passed" + (": well done" if g.ok else ""))
 
 
-def write_csv(rows: list[tuple[str, Result]], path) -> Path:
-    """submission, check, result, message: one row per check per submission; written to a temporary name, then
-    renamed, so the file is never half-written."""
+CSV_FIELDS = ["student", "assignment", "points", "total", "failed_checks", "not_run", "invalid", "folder"]
+
+
+def write_csv(grades: list[Grade], path) -> Path:
+    """One row per student (CSV_FIELDS; checks separated by ' | '), written to a temporary name, then renamed, so
+    the file is never half-written. Called only after every child process has ended."""
     path = Path(path)
     with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["submission", "check", "result", "message"])
-        writer.writerows([submission, r.check, r.result, r.message] for submission, r in rows)
+        writer.writerow(CSV_FIELDS)
+        for g in grades:
+            writer.writerow([g.student, g.assignment, g.points, g.total, " | ".join(g.failed),
+                             " | ".join(g.skipped), g.invalid, str(g.folder)])
     return path
-

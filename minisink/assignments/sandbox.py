@@ -1,193 +1,176 @@
-"""The child process that runs a student's code, and the frames it exchanges with the grader.
+"""The child process that runs a student's code. It never holds an answer to copy.
 
-    python -m minisink.assignments.sandbox NUMBER FOLDER     (started by grading.py, never by hand)
+    python -I minisink/assignments/sandbox.py SETTINGS FOLDER     (started by grading.py, never by hand)
 
-What it does. The grader (the parent) starts this process with limits on memory (RLIMIT_AS) and CPU time
-(RLIMIT_CPU) and a wall-clock deadline per check. Here, before the student's files are imported:
-1. every minisink module is imported, and each library object that implements what is being graded (for assignment
-   3, `SinkCache`; the oracles of minisink.reference and the graders themselves, whole modules) is replaced by a
-   stand-in that raises a clear error when used: importing minisink's own answer gives an error, not a pass;
-2. the student's files are imported, and the file each graded function or method was defined in is reported back
-   (the parent refuses objects that do not come from the student's files).
-Then it serves requests: a task name (a function of the assignment's checks module, `TASKS`) and its inputs,
-answered with the task's outputs. Inputs and outputs are plain arrays in NumPy's .npz format (read back with
-allow_pickle=False) plus a small JSON header: no Python object of the student's ever reaches the grader, and the
-oracles and comparisons run in the grader, where the student's code never ran.
+What it does, in order, before any of the student's code runs:
+1. An import guard goes first on `sys.meta_path`: of minisink, only the modules the assignment's tasks need can
+   be imported (never minisink.reference, the checks, the grader, the teachers' package), and the library files
+   that hold what is graded are loaded from their skeleton: the graded functions and methods are compiled with a
+   body that raises. The library's answer is never compiled in this process, so no search of live objects
+   (gc, stack frames, module dicts) can find it.
+2. The student's files are read and compiled (not run), then an audit hook (PEP 578) is installed that refuses,
+   for the rest of the process's life: opening a file of the minisink package or the teachers' package (so none
+   can be run as code), /proc, /dev or /sys (no writing to the grader's terminal through /proc/PID/fd), or any
+   file for writing; starting, killing or signalling a process; ctypes; the gc's object lists; sockets.
+3. The student's files run (imported), and the child reports where each graded function was defined.
+Then it serves requests from the grader over a pipe: a task name (tasks.py) and its inputs in, the outputs out,
+as plain arrays (frames.py). The student's prints go to a log file the grader shows labelled as theirs; the
+terminal is not among the child's open files.
 
-What it does not: sandbox the file system or the network. A student's file can do anything the user running the
-grader can do; grade untrusted code in a container or as an unprivileged user.
+What it does not: contain a determined attacker. The audit hook runs inside the process it guards, and CPython's
+audit hooks are not a security boundary; limits on memory and time are set by the grader. The grader's verdicts
+never depend on this process telling the truth: inputs and expected answers are made, and compared, in the grader.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
+import importlib.abc
 import importlib.util
-import io
-import json
 import os
-import pkgutil
 import sys
 import traceback
 import types
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
-MAX_HEADER = 1 << 20  # bytes of JSON header a frame may carry
-MAX_DATA = 1 << 28  # bytes of arrays a frame may carry (256 MB)
-
-
-# --- frames: [4-byte header length][JSON header][.npz bytes] -----------------------------------------------------
-
-def encode(header: dict, arrays: dict[str, np.ndarray | None]) -> bytes:
-    """One frame: the JSON header (with the names of None values) and the arrays as an .npz."""
-    present = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
-    for k, v in present.items():
-        if v.dtype.kind not in "biuf":
-            raise TypeError(f"{k} is {type(arrays[k]).__name__} of dtype {v.dtype}, expected a numeric array")
-    buf = io.BytesIO()
-    if present:
-        np.savez(buf, **present)
-    data = buf.getvalue()
-    head = json.dumps({**header, "none": [k for k, v in arrays.items() if v is None], "nbytes": len(data)},
-                      default=_plain).encode()
-    return len(head).to_bytes(4, "big") + head + data
+LIBRARY_STUB = "minisink's own "  # the message a stubbed library function raises (explain() recognizes it)
+REFUSED_EVENTS = ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "os.exec", "os.kill",
+                  "os.killpg", "os.startfile", "subprocess.Popen", "pty.spawn", "signal.pthread_kill",
+                  "gc.get_objects", "gc.get_referrers", "gc.get_referents", "socket.connect", "socket.bind",
+                  "socket.sendto", "os.remove", "os.rename", "os.rmdir", "os.truncate", "os.symlink", "os.link",
+                  "os.chmod", "os.chown", "os.mkdir", "os.utime", "shutil.rmtree", "sys.addaudithook")
+REFUSED_IMPORTS = ("_posixsubprocess", "subprocess", "multiprocessing", "_ctypes", "ctypes", "cffi", "socket",
+                   "_socket", "pty")
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def _plain(x):
-    """JSON for NumPy scalars (ints, floats, bools in task inputs)."""
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"{type(x).__name__} cannot go into a frame header")
+class Refused(PermissionError):
+    """Something the grader does not let a submission do."""
 
 
-def decode(read) -> tuple[dict, dict[str, np.ndarray | None]]:
-    """Read one frame with `read(n) -> exactly n bytes`; arrays are loaded without pickle."""
-    n = int.from_bytes(read(4), "big")
-    if n > MAX_HEADER:
-        raise ValueError(f"a frame header of {n} bytes (at most {MAX_HEADER})")
-    header = json.loads(read(n))
-    if not isinstance(header, dict) or not isinstance(header.get("nbytes"), int) or \
-            not 0 <= header["nbytes"] <= MAX_DATA:
-        raise ValueError("a malformed frame header")
-    data = read(header["nbytes"])
-    arrays = {}
-    if data:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    arrays.update({k: None for k in header.get("none", [])})
-    return header, arrays
+# --- 1. the import guard -----------------------------------------------------------------------------------------
+
+class StubLoader(importlib.abc.Loader):
+    """Loads a minisink module from its source with the graded definitions' bodies replaced by a raise."""
+
+    def __init__(self, path: Path, qualnames: list[str], stub_source):
+        self.path, self.qualnames, self.stub_source = path, qualnames, stub_source
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        text = self.stub_source(self.path.read_text(encoding="utf-8"), self.qualnames,
+                                todo=LIBRARY_STUB + "{} is not available while grading: write your own")
+        exec(compile(text, str(self.path), "exec"), module.__dict__)
 
 
-# --- in the child: keep minisink's answers out of reach ------------------------------------------------------------
+class ImportGuard(importlib.abc.MetaPathFinder):
+    """minisink.* only from `allowed`, the modules in `stubbed` from their skeleton; the teachers' package never."""
 
-class ReferenceUsed(Exception):
-    """The student's code used the library object that is being graded."""
+    def __init__(self, package: Path, allowed: set[str], stubbed: dict[str, list[str]], number: int, stub_source):
+        self.package, self.allowed, self.stubbed, self.number = package, allowed, stubbed, number
+        self.stub_source = stub_source
 
-
-class Stand_in:  # noqa: N801: a name that reads well in a traceback
-    """What a graded library object is replaced by while the student's code runs."""
-
-    def __init__(self, what: str):
-        self._what = what
-
-    def _refuse(self, *args, **kwargs):
-        raise ReferenceUsed(f"{self._what} is minisink's own implementation of what is being graded: "
-                            f"write your own (the grader does not run the library's answer)")
-
-    __call__ = _refuse
-
-    def __getattr__(self, name):
-        self._refuse()
-
-    def __mro_entries__(self, bases):
-        self._refuse()
+    def find_spec(self, name, path=None, target=None):
+        if name == "minisink_teachers" or name.startswith("minisink_teachers."):
+            raise ImportError(f"{name} is the teachers' package: a submission may not use it")
+        if not name.startswith("minisink."):
+            return None
+        if name not in self.allowed:
+            raise ImportError(f"{name} is not available while grading assignment {self.number}: it holds the "
+                              f"reference or the grader (use only the minisink modules the assignment names)")
+        if name in self.stubbed:
+            file = self.package.joinpath(*name.split(".")[1:]).with_suffix(".py")
+            return importlib.util.spec_from_loader(name, StubLoader(file, self.stubbed[name], self.stub_source),
+                                                   origin=str(file))
+        return None
 
 
-class StandInModule(types.ModuleType):
-    """A module the student's code may not import (the graders and their oracles)."""
+# --- 2. the audit hook ---------------------------------------------------------------------------------------------
 
-    def __getattr__(self, name):
-        raise ImportError(f"{self.__name__} holds the grader's reference answers: a submission may not use it")
+def install_audit_hook(closed_dirs: tuple[str, ...]):
+    """Refuse, from now on, what a graded submission has no business doing (module docstring, step 2). Reading
+    minisink's files is refused, so no file of the package can be run as code (exec, importlib, runpy: each
+    must open it first); the library modules the tasks need were loaded before."""
 
+    def closed(path) -> bool:
+        real = os.path.realpath(os.fsdecode(path))
+        if real in ("/dev/null", "/dev/urandom"):
+            return False
+        return real.startswith(("/proc/", "/dev/", "/sys/")) or any(real.startswith(d) for d in closed_dirs)
+
+    def hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
+            if not isinstance(path, (str, bytes, os.PathLike)) or writes or closed(path):
+                raise Refused(f"opening {path!r}{' for writing' if writes else ''} is not allowed while grading")
+        elif event == "import":
+            if args[0].split(".")[0] in REFUSED_IMPORTS:
+                raise Refused(f"importing {args[0]} is not allowed while grading")
+        elif event in REFUSED_EVENTS or event.startswith("ctypes."):
+            raise Refused(f"{event} is not allowed while grading (no processes, signals, files, sockets, ctypes)")
+
+    sys.addaudithook(hook)
+
+
+# --- 3. the student's files, and the context tasks run in ---------------------------------------------------------
 
 class Context:
-    """What a task sees: the student's graded objects, and a way to run minisink with some of them plugged in."""
+    """What a task sees: the student's graded objects, and a way to run minisink with them plugged in."""
 
-    def __init__(self, student: types.SimpleNamespace, sites: dict[str, list[tuple[object, object]]]):
+    def __init__(self, student: types.SimpleNamespace, sites: list[tuple[object, str]]):
         self.student = student
-        self.sites = sites  # graded name -> [(module, the library's original object)] where a stand-in now sits
+        self.sites = sites  # (module, name): where minisink holds a (stubbed) graded object
 
     @contextmanager
-    def plugged(self, *names: str):
-        """Inside: minisink's own code uses the student's object for each of `names`, and its original for every
-        other graded name (the library needs them to run); outside, the stand-ins are back."""
-        saved = []
+    def plugged(self):
+        """Inside: minisink's own code uses the student's object for every graded name."""
+        saved = [(module, name, getattr(module, name)) for module, name in self.sites]
         try:
-            for name, places in self.sites.items():
-                for module, original in places:
-                    saved.append((module, name, getattr(module, name)))
-                    setattr(module, name, getattr(self.student, name) if name in names else original)
+            for module, name in self.sites:
+                setattr(module, name, getattr(self.student, name))
             yield
         finally:
             for module, name, obj in saved:
                 setattr(module, name, obj)
 
 
-def import_minisink() -> list[types.ModuleType]:
-    """Every module of the minisink package (those whose optional extras are missing are skipped)."""
-    import minisink
-
-    for info in pkgutil.iter_modules(minisink.__path__, "minisink."):
-        if info.name not in ("minisink.cli", "minisink.__main__"):
-            try:
-                importlib.import_module(info.name)
-            except Exception:  # noqa: BLE001: an optional extra is missing; nothing there to stand in for
-                pass
-    return [m for k, m in sys.modules.items() if k == "minisink" or k.startswith("minisink.")]
+def graded_sites(names: set[str]) -> list[tuple[object, str]]:
+    """Every loaded minisink module that holds a graded name (its own, stubbed, or imported from another)."""
+    return [(m, name) for key, m in list(sys.modules.items()) if key == "minisink" or key.startswith("minisink.")
+            for name in sorted(names) if isinstance(m, types.ModuleType) and name in m.__dict__]
 
 
-def stand_in(names: set[str], closed_modules: list[str]) -> dict[str, list[tuple[object, object]]]:
-    """Replace each library object named in `names` by a Stand_in, and each module in `closed_modules` (and its
-    submodules) by a StandInModule; return where each stand-in sits, with the original."""
-    modules = import_minisink()
-    closed = [k for k in sys.modules if any(k == c or k.startswith(c + ".") for c in closed_modules)]
-    sites: dict[str, list] = {name: [] for name in names}
-    for module in modules:
-        if module.__name__ in closed:
-            continue
-        for name in names:
-            original = module.__dict__.get(name)
-            if original is not None and not isinstance(original, types.ModuleType):
-                sites[name].append((module, original))
-                setattr(module, name, Stand_in(f"{module.__name__}.{name}"))
-    for key in closed:
-        stub = StandInModule(key)
-        sys.modules[key] = stub
-        parent, _, child = key.rpartition(".")
-        if parent in sys.modules:
-            setattr(sys.modules[parent], child, stub)
-    return sites
+def compile_student(number: int, folder: Path, todo: dict[str, list[str]]) -> list[tuple[str, Path, object]]:
+    """(module name, path, code) of each student file, compiled but not run."""
+    out = []
+    for file in todo:
+        path = folder / file
+        out.append((f"minisink_student_{number}_{Path(file).stem}", path,
+                    compile(path.read_bytes(), str(path), "exec", dont_inherit=True)))
+    return out
 
 
-def load_student(number: int, folder: Path, todo: dict[str, list[str]]) -> tuple[types.SimpleNamespace, dict]:
-    """Import the student's files; -> (their graded top-level objects, {qualname: file it was defined in})."""
+def run_student(compiled, todo: dict[str, list[str]], given: list[str]) -> tuple[types.SimpleNamespace, dict]:
+    """Run the student's files; -> (their graded top-level objects and the `given` ones, {qualname: file its code
+    comes from})."""
     found, origins = {}, {}
-    for file, qualnames in todo.items():
-        name = f"minisink_student_{number}_{Path(file).stem}"
-        spec = importlib.util.spec_from_file_location(name, folder / file)
-        module = importlib.util.module_from_spec(spec)
+    for (name, path, code), qualnames in zip(compiled, todo.values(), strict=True):
+        module = types.ModuleType(name)
+        module.__file__ = str(path)
         sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
+        found.update({g: module.__dict__[g] for g in given if g in module.__dict__})
         for qualname in qualnames:
             top, *method = qualname.split(".")
             obj = getattr(module, top, None)
             found[top] = obj
             fn = getattr(obj, method[0], None) if method else obj
-            code = getattr(fn, "__code__", None)
-            origins[qualname] = code.co_filename if code is not None else repr(type(fn).__name__)
+            code_of = getattr(fn, "__code__", None)
+            origins[qualname] = code_of.co_filename if code_of is not None else repr(type(fn).__name__)
     return types.SimpleNamespace(**found), origins
 
 
@@ -195,6 +178,8 @@ def explain(e: BaseException, folder: Path) -> str:
     """One line for an exception raised by the student's code: where (their file and line) and what."""
     if isinstance(e, NotImplementedError) and str(e).startswith("TODO: "):
         return f"not implemented yet: {str(e)[6:]}"
+    if isinstance(e, NotImplementedError) and str(e).startswith(LIBRARY_STUB):
+        return f"{e} (the grader does not run the library's answer to what is graded)"
     if isinstance(e, SystemExit):
         return f"your code called exit({e.code!r}): a graded function must return, not end the process"
     frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).parent.resolve() == folder]
@@ -206,16 +191,33 @@ def explain(e: BaseException, folder: Path) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from minisink import assignments
+    """argv: the grader's JSON settings (root, package, number, todo, allowed, stubbed, graded) and the folder."""
+    import json
 
-    number, folder = int(argv[0]), Path(argv[1]).resolve()
-    a = assignments.get(number)
-    tasks = importlib.import_module(f"minisink.assignments.{a.checks}").TASKS
+    settings, folder = json.loads(argv[0]), Path(argv[1]).resolve()
+    number, todo, package = settings["number"], settings["todo"], Path(settings["package"])
+    sys.path.insert(0, settings["root"])
     # The frames travel on private copies of stdin/stdout; the student's print() and input() get the log / nothing.
     frames_in = os.fdopen(os.dup(0), "rb")
     frames_out = os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)
+    sys.stdout.reconfigure(line_buffering=True)  # a child killed at the end loses no printed line
+
+    # stubs.py imports nothing of minisink: it is loaded by path, so that the guard can use it before minisink
+    # itself is imported (minisink/__init__.py imports cache.py and model.py, which may hold what is graded).
+    spec = importlib.util.spec_from_file_location("minisink_grader_stubs", package / "assignments" / "stubs.py")
+    stubs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stubs)
+    sys.meta_path.insert(0, ImportGuard(package, set(settings["allowed"]), settings["stubbed"], number,
+                                        stubs.stub_source))
+    from minisink.assignments.frames import decode, encode
+    from minisink.assignments.tasks import TASKS
+
+    import numpy as np
+
+    tasks = TASKS[number]
+    sites = graded_sites(set(settings["graded"]))
 
     def reply(header, arrays=None):
         frames_out.write(encode(header, arrays or {}))
@@ -227,12 +229,16 @@ def main(argv: list[str]) -> None:
             raise EOFError
         return data
 
-    graded = {q.split(".")[0] for qs in a.todo.values() for q in qs}
-    sites = stand_in(graded | set(a.forbidden_names), ["minisink.reference", "minisink.assignments",
-                                                      *a.forbidden_modules])
     try:
-        student, origins = load_student(number, folder, a.todo)
-    except BaseException as e:  # noqa: BLE001: a student's file can raise (or exit) anything
+        compiled = compile_student(number, folder, todo)
+    except BaseException as e:  # noqa: BLE001 (a syntax error, an unreadable file)
+        reply({"ok": False, "error": f"your files do not compile: {explain(e, folder)}"})
+        return
+    closed = tuple(str(p) + os.sep for p in {package.resolve(), *map(Path, settings["closed"])})
+    install_audit_hook(closed)
+    try:
+        student, origins = run_student(compiled, todo, settings["given"])
+    except BaseException as e:  # noqa: BLE001 (a student file can raise or exit anything)
         reply({"ok": False, "error": f"your files do not import: {explain(e, folder)}"})
         return
     reply({"ok": True, "origins": origins})

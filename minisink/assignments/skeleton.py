@@ -1,68 +1,40 @@
-"""Skeletons: the reference source with the assignment's function bodies replaced by a TODO.
+"""Skeletons: the reference source with the assignment's function bodies replaced by a TODO, and what goes beside.
 
-The reference is minisink's own file (assignments 1-4) or a file of solutions/ (5-7). A skeleton keeps the
+For assignments 1-4 the reference is minisink's own file: the skeleton is made from it when it is written, and
+its module docstring is replaced by a short header (it explains the solution). For 5-8 the reference solutions
+are the teachers' package (teachers/ in the repository): their skeletons ship in skeletons/, made by
+`make_skeleton` (tests/test_assignments.py checks that they match the solutions). A skeleton keeps the
 signatures, the docstrings of the functions to write (they say what to compute, with shapes; never how) and the
-rest of the file; the module docstring of a library file is replaced by a short header, because it explains the
-solution. Relative imports become absolute (`from minisink.cache import ...`), so the file runs from any folder.
-`write` never replaces a student's edited file unless asked to (`force`), and says what it replaced."""
+rest of the file. `write` also puts the assignment's text (README.md) and a template for the written answers
+(ANSWERS.md) in the folder, and never replaces a student's edited file unless asked to (`force`).
+"""
 
 from __future__ import annotations
 
 import ast
 import re
-import textwrap
 from pathlib import Path
 
 from ..atomic import atomic_write
-from . import DOCS, PACKAGE
+from . import DOCS, PACKAGE, SKELETONS
+from .stubs import absolute_imports, stub_source
 
 
-def _find(tree: ast.Module, qualname: str) -> ast.FunctionDef:
-    """The def of `name` or `Class.method` at the top level of a module."""
-    *cls, name = qualname.split(".")
-    body = tree.body
-    if cls:
-        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls[0]).body
-    return next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
+def solutions_dir() -> Path:
+    """The teachers' reference solutions of assignments 5-8, or ValueError if the teachers' package is absent."""
+    try:
+        import minisink_teachers
+    except ImportError:
+        raise ValueError("the reference solutions of assignments 5-8 are the teachers' download, not part of "
+                         "minisink: install it from the repository (pip install ./teachers), see "
+                         "docs/assignments/TEACHERS.md") from None
+    return Path(minisink_teachers.__file__).resolve().parent / "solutions"
 
 
-def stub_source(source: str, qualnames: list[str], hints: dict[str, str] | None = None) -> str:
-    """`source` with the body of every function in `qualnames` replaced by `raise NotImplementedError("TODO: ...")`.
-
-    The signature and the docstring stay; relative imports become absolute."""
-    lines = source.splitlines(keepends=True)
-    tree = ast.parse(source)
-    stubs = []
-    for qualname in qualnames:
-        fn = _find(tree, qualname)
-        body = fn.body
-        has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str)
-        first = body[0].end_lineno if has_doc else fn.body[0].lineno - 1  # last line kept (1-based)
-        if not has_doc and fn.lineno == body[0].lineno:
-            raise ValueError(f"{qualname}: a one-line def cannot be stubbed")
-        indent = " " * body[0].col_offset
-        hint = textwrap.fill((hints or {}).get(qualname, ""), 116 - len(indent), initial_indent=indent + "# ",
-                             subsequent_indent=indent + "# ")
-        stub = (hint + "\n" if hint else "") + f'{indent}raise NotImplementedError("TODO: {qualname}")\n'
-        stubs.append((first, fn.end_lineno, stub))
-    for first, last, stub in sorted(stubs, reverse=True):  # bottom up, so earlier line numbers stay valid
-        lines[first:last] = [stub]
-    return absolute_imports("".join(lines))
-
-
-def absolute_imports(source: str) -> str:
-    return re.sub(r"^from \.(\w*)", lambda m: f"from minisink{'.' + m.group(1) if m.group(1) else ''}",
-                  source, flags=re.MULTILINE)
-
-
-def skeleton_text(a, file: str, solution: bool) -> str:
-    """The text of one of assignment `a`'s files: the reference (`solution`) or the skeleton."""
-    source = (a.source / file).read_text(encoding="utf-8")
-    if solution:
-        return absolute_imports(source)
+def make_skeleton(a, file: str, source: str) -> str:
+    """The skeleton of one of assignment `a`'s files, from the reference `source`."""
     text = stub_source(source, a.todo[file], a.hints)
-    if a.source == PACKAGE:  # a copy of minisink's own file: its module docstring explains the solution
+    if a.library:  # a copy of minisink's own file: its module docstring explains the solution
         tree = ast.parse(text)
         doc = tree.body[0]
         if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
@@ -75,10 +47,37 @@ def skeleton_text(a, file: str, solution: bool) -> str:
     return text
 
 
+def skeleton_text(a, file: str, solution: bool) -> str:
+    """The text of one of assignment `a`'s files: the reference (`solution`) or the skeleton."""
+    if a.library:
+        source = (PACKAGE / file).read_text(encoding="utf-8")
+        return absolute_imports(source) if solution else make_skeleton(a, file, source)
+    if solution:
+        return (solutions_dir() / file).read_text(encoding="utf-8")
+    return (SKELETONS / file).read_text(encoding="utf-8")
+
+
+def answers_template(a, doc: str) -> str:
+    """ANSWERS.md: the assignment's "Predict, then run" questions, each with room for a prediction, what running
+    it showed, and the explanation (what the rubric's explanation part grades)."""
+    section = re.search(r"^### Predict, then run\n(.*?)(?=^### |\Z)", doc, flags=re.MULTILINE | re.DOTALL)
+    questions = re.findall(r"^(\d+)\. (.*?)(?=^\d+\. |\Z)", section.group(1) if section else "",
+                           flags=re.MULTILINE | re.DOTALL)
+    out = [f"# Assignment {a.number}: answers to the written questions\n",
+           "Write each prediction before you run anything; a wrong prediction with a good explanation of the "
+           "surprise is worth full marks.\n"]
+    for number, text in questions:
+        out.append(f"## Question {number}\n\n> " + "\n> ".join(" ".join(text.split()).split("\n")) +
+                   "\n\n**My prediction (before running):**\n\n\n**What running it showed:**\n\n\n"
+                   "**Why:**\n\n")
+    return "\n".join(out)
+
+
 def write(a, folder, solution: bool = False, force: bool = False) -> list[tuple[Path, str]]:
-    """Write assignment `a`'s files (skeleton or reference) and its text into `folder` -> [(path, what happened)]:
-    "wrote", "unchanged", or "replaced" (only with `force`). Without `force`, a file that exists and differs from
-    what would be written (a student's work, most likely) is never replaced: ValueError, naming every such file."""
+    """Write assignment `a`'s files (skeleton or reference), its text and the answers template into `folder` ->
+    [(path, what happened)]: "wrote", "unchanged", or "replaced" (only with `force`). Without `force`, a file that
+    exists and differs from what would be written (a student's work, most likely) is never replaced: ValueError,
+    naming every such file."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file: give a folder for the assignment's files")
@@ -86,6 +85,7 @@ def write(a, folder, solution: bool = False, force: bool = False) -> list[tuple[
     doc = DOCS / a.doc
     texts["README.md"] = doc.read_text(encoding="utf-8") if doc.is_file() else \
         f"# Assignment {a.number}: {a.title}\n\nSee docs/assignments/{a.doc} in the minisink repository.\n"
+    texts["ANSWERS.md"] = answers_template(a, texts["README.md"])
     differ = [folder / f for f, text in texts.items()
               if (folder / f).is_file() and (folder / f).read_text(encoding="utf-8", errors="replace") != text]
     if differ and not force:

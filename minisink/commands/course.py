@@ -6,16 +6,20 @@ from __future__ import annotations
 def add_assignment(sub):
     p = sub.add_parser("assignment", help="course assignments: write a skeleton, grade students' files",
                        description="new N DIR: the assignment's source file(s) with the functions to write stubbed "
-                                   "out, and its text; grade N DIR [DIR ...]: every check, PASS/FAIL/SKIP, exit code "
-                                   "0 iff every check ran and passed")
+                                   "out, its text and an answers template; grade N DIR [DIR ...]: every check with "
+                                   "its points and a total; exit code 0 iff every check that could run passed")
     p.add_argument("action", choices=["new", "grade"])
     p.add_argument("number", type=int, help="the assignment: 1 RMSNorm + RoPE, 2 GQA attention + KV cache, "
                                             "3 ring buffer with sinks, 4 positions within the cache, "
-                                            "5 banded masks, 6 sink logit, 7 TOVA/H2O eviction")
+                                            "5 banded masks, 6 sink logit, 7 an H2O cache, 8 calibration")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="the student's folder (grade: one or more)")
-    p.add_argument("--solution", action="store_true", help="new: write the reference bodies instead of TODOs")
+    p.add_argument("--solution", action="store_true",
+                   help="new: write the reference files (5-8: needs the teachers' package, pip install ./teachers)")
     p.add_argument("--force", action="store_true", help="new: replace files that differ (a student's work is lost)")
-    p.add_argument("--csv", metavar="FILE", help="grade: also write submission,check,result,message rows here")
+    p.add_argument("--csv", metavar="FILE", help="grade: also write one row per student (student, assignment, "
+                                                 "points, total, failed checks, ...) here, atomically")
+    p.add_argument("--student", metavar="ID", help="grade: the student's id (default: the folder's name); it seeds "
+                                                   "the checks' inputs, so each student's numbers differ")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="grade: wall-clock limit per check (default 60)")
     p.add_argument("--memory-limit", type=int, default=2048, metavar="MB",
@@ -37,7 +41,7 @@ def cmd_assignment(args):
                 print(f"implement the TODOs, then: minisink assignment grade {args.number} {args.dirs[0]}")
             return
         limits = Limits(seconds=args.time_limit, memory_mb=args.memory_limit)
-        ok = assignments.grade_class(args.number, args.dirs, csv_path=args.csv, limits=limits)
+        ok = assignments.grade(args.number, args.dirs, student=args.student, csv_path=args.csv, limits=limits)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     if not ok:

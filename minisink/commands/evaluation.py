@@ -80,7 +80,7 @@ def add_calibrate(sub):
     p = sub.add_parser("calibrate", help="a sink logit per layer and head from a calibration text (no training)",
                        description="Streams the second half of the text (the first is for evaluation) through "
                                    "a sink cache (--sinks S --window W) and estimates one sink logit per layer and "
-                                   "head: docs/05-why-sinks-exist.md")
+                                   "head: docs/07-why-sinks-exist.md")
     add_text_options(p, "a plain UTF-8 text file (its second half is read)")
     p.add_argument("--tokens", type=int_at_least(2), default=4096, help="calibration tokens (default 4096)")
     add_cache_options(p)

@@ -47,7 +47,7 @@ def add_generate(sub):
 
 
 def cmd_generate(args):
-    from ..generate import generate
+    from ..generate import end_of_turn_ids, generate
     from ..spec import new_cache
 
     sampler = make_sampler(args)
@@ -59,12 +59,9 @@ def cmd_generate(args):
     if not ids:
         raise SystemExit("error: the prompt is empty")
     ids = apply_sink_options(model, tok, args) + ids  # a sink prefix comes first: the sinks are whatever is first
-    stop = {tok.eos_token_id} if args.chat else set()
     decoder = tok.stream_decoder()
     progress = Progress(cache, spec, args.progress if args.progress is not None else sys.stderr.isatty())
-    for token in generate(model, ids, cache, args.max_new_tokens, sampler, stop, args.threads):
-        if token in stop:
-            break
+    for token in generate(model, ids, cache, args.max_new_tokens, sampler, end_of_turn_ids(tok), args.threads):
         sys.stdout.write(decoder.step(token))
         sys.stdout.flush()
         progress.step()
