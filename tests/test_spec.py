@@ -108,7 +108,7 @@ def test_the_old_meanings_run_with_a_note_naming_the_new_flags(checkpoint, text,
     assert code == 0 and "--budget 24" in err and "cache tova: budget 24" in err
     code, out, err = run(capsys, "streameval", "--model", checkpoint, "--task", "lines", "--policy", "window",
                          "--window", 24, "--distance", 3, "--queries", 1)
-    assert code == 0 and "--window 256" in err and "cache window: window 24" in err
+    assert code == 0 and "--window 28" in err and "cache window: window 24" in err  # it used to keep 4 + 24
     code, out, err = run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32, "--tokens", 200,
                          "--out", tmp_path / "sigma.npz")
     assert code == 0 and "--sinks 4 --window 28" in err and "cache sink: 4 sinks + window 28" in out

@@ -147,9 +147,10 @@ def cmd_streameval(args):
         say(f"note: streameval --policy {args.policy} --window W is deprecated: the budget is --budget N now; "
             f"running --budget {old} (the old sinks + window)")
         args.budget, args.window, args.sinks = old, None, None
-    elif args.policy == "window":
-        say("note: streameval --policy window now keeps --window W recent tokens, as every command does (it used "
-            "to keep sinks + W): for the old default cache give --window 256")
+    elif args.policy == "window":  # it used to keep sinks + W tokens (4 + 252 by default)
+        old = (4 if args.sinks is None else args.sinks) + (252 if args.window is None else args.window)
+        say(f"note: streameval --policy window now keeps --window W recent tokens, as every command does (it used "
+            f"to keep sinks + W): for the cache these flags used to give, give --window {old}")
     spec = cache_spec(args)
     model, tok = load(args)
 
