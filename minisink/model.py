@@ -186,9 +186,9 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
     G = H // n_kv_heads
     q = q * np.float32(D ** -0.5)  # the 1/sqrt(D) score scale, applied once to the queries
     widths = [block.values.shape[1] for block in blocks]
-    columns = [slice(start, start + L) for start, L in zip(accumulate(widths, initial=0), widths)]
+    columns = [slice(start, start + L) for start, L in zip(accumulate(widths, initial=0), widths, strict=False)]
     scores = np.empty((n_kv_heads, G * T, sum(widths)), dtype=np.float32)  # [Hkv, G*T, sum L]
-    for block, cols in zip(blocks, columns):
+    for block, cols in zip(blocks, columns, strict=True):
         qb = q if block.query_rotation is None else apply_rope(q, block.query_rotation)
         qb = qb.reshape(T, n_kv_heads, G, D).transpose(1, 2, 0, 3).reshape(n_kv_heads, G * T, D)
         s = np.matmul(qb, block.keys, out=scores[:, :, cols])  # [Hkv, G*T, L], written into its columns
@@ -201,7 +201,8 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
         weights = np.tanh(scores, out=scores)
         weights += 1
         weights *= 0.5
-        out = sum(weights[:, :, cols] @ block.values for block, cols in zip(blocks, columns))  # [Hkv, G*T, D]
+        out = sum(weights[:, :, cols] @ block.values  # [Hkv, G*T, D]
+                  for block, cols in zip(blocks, columns, strict=True))
         out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
         return out, weights.reshape(n_kv_heads, G, T, -1) if with_probs else None
     top = scores.max(axis=-1, keepdims=True)  # [Hkv, G*T, 1]
@@ -212,7 +213,7 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
     weights = np.exp(scores, out=scores)  # the softmax numerators, in place
     total = weights.sum(axis=-1, keepdims=True)  # [Hkv, G*T, 1] the denominators
     out = weights[:, :, columns[0]] @ blocks[0].values  # [Hkv, G*T, D]
-    for block, cols in zip(blocks[1:], columns[1:]):
+    for block, cols in zip(blocks[1:], columns[1:], strict=True):
         out += weights[:, :, cols] @ block.values
     if sink_logits is not None:
         sink = np.exp(sigma - top)  # [Hkv, G*T, 1] the sink's numerator, 0 where sigma = -inf
@@ -241,13 +242,13 @@ def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, wi
     probs = np.zeros((n_kv_heads, H // n_kv_heads, T, sum(widths)), dtype=np.float32) if with_probs else None
     for start in range(0, T, QUERY_TILE):
         rows = slice(start, min(start + QUERY_TILE, T))
-        pieces = [(column + a, piece) for column, block in zip(accumulate(widths, initial=0), blocks)
+        pieces = [(column + a, piece) for column, block in zip(accumulate(widths, initial=0), blocks, strict=False)
                   for a, piece in visible_pieces(block, rows)]  # (first column in the full layout, KVBlock)
         out[rows], p = attention(q[rows], [piece for _, piece in pieces], n_kv_heads, with_probs, sink_logits,
                                  sink_values, sigmoid_bias)
         if with_probs:
             for (column, piece), start_p in zip(pieces, accumulate([pc.values.shape[1] for _, pc in pieces],
-                                                                   initial=0)):
+                                                                   initial=0), strict=False):
                 L = piece.values.shape[1]
                 probs[:, :, rows, column:column + L] = p[:, :, :, start_p:start_p + L]
     return out, probs
