@@ -12,13 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minisink.atomic import atomic_write
+from draws import examples
 
 
 class Stop(Exception):
     pass
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(old=st.binary(max_size=300), new=st.binary(max_size=3000), stop_at=st.none() | st.integers(0, 40),
        error=st.sampled_from([Stop, KeyboardInterrupt]))
 def test_the_file_is_the_old_one_or_the_new_one(tmp_path_factory, old, new, stop_at, error):

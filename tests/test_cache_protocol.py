@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import minisink.model
 from minisink.cache import FullCache
+from draws import examples
 from tiny import tiny_model
 
 VOCAB = 97  # tests/tiny.py
@@ -64,20 +65,20 @@ def runs(draw):
     tokens = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, VOCAB, n)
     cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=8))) if n > 1 else []
     bounds = [0, *cuts, n]
-    chunks = [tokens[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [tokens[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     # per chunk: None, or (where, which call, what is raised) of an attempt that fails before the real one
     faults = [draw(st.none() | st.tuples(st.sampled_from(["attention", "blocks"]), st.integers(0, 10 ** 6),
                                          st.sampled_from([Injected, KeyboardInterrupt]))) for _ in chunks]
     return kind, layers, S, W, chunks, faults
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(runs())
 def test_an_interrupted_chunk_leaves_every_cache_as_it_was(run):
     kind, layers, S, W, chunks, faults = run
     m = model(layers)
     cache, fresh = new_cache(m, kind, S, W), new_cache(m, kind, S, W)
-    for chunk, fault in zip(chunks, faults):
+    for chunk, fault in zip(chunks, faults, strict=True):
         if fault is not None:
             where, n, error = fault
             forwards = 1  # recompute: one forward per token, but one for all the tokens before any eviction

@@ -29,6 +29,7 @@ from minisink import CacheError
 from minisink.evaluate import run_ppl, stream_nll, stream_nll_together
 from minisink.eviction import H2OCache, SnapKVCache, TOVACache
 from minisink.reference import EvictionReference
+from draws import examples
 from tiny import tiny_model
 
 TOL = 1e-5
@@ -55,7 +56,8 @@ def policies(draw):
     if policy == "snapkv":
         w = draw(st.integers(1, 4))
         return policy, {"capacity": draw(st.integers(w, 12)), "window": draw(st.integers(1, 8)), "w": w,
-                        "kernel": draw(st.sampled_from([1, 3, 5])), "positions": draw(st.sampled_from(["text", "cache"]))}
+                        "kernel": draw(st.sampled_from([1, 3, 5])),
+                        "positions": draw(st.sampled_from(["text", "cache"]))}
     budget = draw(st.integers(1, 16))
     options = {"budget": budget, "positions": draw(st.sampled_from(["text", "cache"]))}
     if policy == "h2o":
@@ -75,7 +77,7 @@ def streams(draw, max_tokens=40):
 
 def chunks(tokens, cuts):
     bounds = [0, *cuts, len(tokens)]
-    return [tokens[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [tokens[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 @given(policies(), streams())
@@ -157,7 +159,7 @@ def test_e4_exception_mid_forward_changes_nothing(kind, options, where, when):
 
 
 @given(streams(max_tokens=30))
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 def test_e5_streams_together_equal_one_at_a_time(stream):
     """E5: stream_nll_together (B caches fed the same tokens, matrix products stacked) equals stream_nll with
     chunk 1 for each cache: policies that read attention and ones that do not."""
@@ -168,7 +170,7 @@ def test_e5_streams_together_equal_one_at_a_time(stream):
     specs = [{"policy": "h2o", "budget": 5}, {"policy": "tova", "budget": 7, "positions": "cache"},
              {"n_sink": 2, "window": 4}, {}]
     together = stream_nll_together(m, tokens, [m.new_cache(**s) for s in specs])
-    for spec, row in zip(specs, together):
+    for spec, row in zip(specs, together, strict=True):
         np.testing.assert_allclose(row, stream_nll(m, tokens, m.new_cache(**spec), chunk=1), atol=1e-5,
                                    err_msg=str(spec))
 

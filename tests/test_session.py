@@ -23,6 +23,7 @@ from minisink import session
 from minisink.cli import main
 from minisink.generate import Chat, Sampler
 from minisink.session import SessionError
+from draws import examples
 from tiny import tiny_model, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +221,8 @@ def test_truncated_and_corrupt_files_are_refused(saved):
     refused(path, model, "CRC|not a readable")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])  # its file is only read
+# its file is only read: a function-scoped fixture is fine
+@settings(max_examples=examples(200), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_files_are_refused_or_load_exactly(saved, data):
     """Random byte flips, truncations and insertions: a SessionError, or the very state that was saved."""
