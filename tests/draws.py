@@ -3,7 +3,7 @@
     ci    a fixed, derandomized set of examples, the same every run (CI: `.ci/run` sets HYPOTHESIS_PROFILE=ci)
     dev   a few new random examples each run (the default of a plain `pytest`)
     deep  many new random examples (DEEP_EXAMPLES per test, a fresh seed each run): run it before submitting,
-          `HYPOTHESIS_PROFILE=deep pytest tests/test_X.py -p no:cacheprovider`, and keep every failure it finds as an
+          `HYPOTHESIS_PROFILE=deep pytest` on the files with `@given`, and keep every failure it finds as an
           explicit @example, so that CI's fixed draw tries it forever after
 
 A test that sets its own `max_examples=n` (a fuzz test that must stay quick in CI) asks `examples(n)` instead: n in
