@@ -10,9 +10,9 @@ never grows.
 
 The file is a plain NumPy `.npz` (a zip of `.npy` arrays, readable with `np.load`): `header` holds UTF-8 JSON (the
 format and its version, the model's identity, the cache's counters, the caller's own state), the other members
-are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (it reads each `.npy` header
-itself and refuses any dtype or shape but the ones the model's config implies, before reading the data), and a
-zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file and the fix.
+are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (minisink/npzfile.py reads
+each `.npy` header itself and refuses any dtype or shape but the ones the model's config implies, before reading
+the data), and a zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file and the fix.
 
 The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
 forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what
@@ -41,11 +41,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import weakref
 import zipfile
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,6 +51,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .cache import FullCache, SinkCache
+from .npzfile import DAMAGED, read_member, read_npy
 
 FORMAT, VERSION = "minisink-session", 1
 MAX_HEADER_BYTES = 1 << 20  # the JSON header is a few kB; anything bigger is not ours
@@ -146,11 +145,11 @@ def read(path, model):
             counters, shapes = expected_arrays(header["cache"], model.config, path)
             if set(z.namelist()) != {"header.npy"} | {f"{name}.npy" for name in shapes}:
                 raise SessionError(f"{path} holds {sorted(z.namelist())}, not a {header['cache']['kind']}'s arrays")
-            arrays = {name: read_array(z, name, dtype, shape, path) for name, (dtype, shape) in shapes.items()}
+            arrays = {name: read_member(z, name, dtype, shape, path, SessionError)
+                      for name, (dtype, shape) in shapes.items()}
     except SessionError:
         raise
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError, NotImplementedError,
-            RecursionError) as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
+    except DAMAGED as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
         raise SessionError(f"{path} is not a readable session file ({type(e).__name__}: {e}): it is damaged or "
                            "not a session; delete it (or pick another file) to start a new session") from e
     check_arrays(header["cache"]["kind"], counters, arrays, path)
@@ -163,7 +162,7 @@ def read_header(z: zipfile.ZipFile, path: Path) -> dict:
     if info.file_size > MAX_HEADER_BYTES:
         raise SessionError(f"{path}: a {info.file_size}-byte header is not a session header")
     with z.open(info) as f:
-        blob = read_npy(f, path, "header", np.dtype(np.uint8), None)
+        blob = read_npy(f, path, "header", np.dtype(np.uint8), (None,), SessionError)
     header = json.loads(blob.tobytes().decode("utf-8"), parse_constant=not_json)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SessionError(f"{path} is not a minisink session (no '{FORMAT}' header)")
@@ -227,34 +226,6 @@ def expected_arrays(cache: dict, config, path: Path):
         n = counters["length"]
         return counters, {"keys": (f32, (layers, Hkv, D, n)), "values": (f32, (layers, Hkv, n, D))}
     raise SessionError(f"{path}: unknown cache kind {cache.get('kind')!r} (SinkCache or FullCache)")
-
-
-def read_array(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple, path: Path) -> np.ndarray:
-    info = z.getinfo(f"{name}.npy")
-    nbytes = dtype.itemsize * math.prod(shape)  # Python ints: a huge shape cannot overflow
-    if not nbytes <= info.file_size <= nbytes + 4096:  # checked before allocating: a header cannot ask for 8 GB
-        raise SessionError(f"{path}: array '{name}' is {info.file_size} bytes, not the {nbytes} (+ header) that "
-                           f"{shape} {dtype} take")
-    with z.open(info) as f:
-        return read_npy(f, path, name, dtype, shape)
-
-
-def read_npy(f, path: Path, name: str, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
-    """One .npy member, read by hand: its header must say exactly `dtype` and `shape` (any 1-D length if None)
-    before a byte of data is read. np.lib.format parses the header with ast.literal_eval (no code runs)."""
-    version = np.lib.format.read_magic(f)
-    if version not in [(1, 0), (2, 0)]:
-        raise SessionError(f"{path}: array '{name}' has .npy version {version}, not 1.0 or 2.0")
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    got_shape, fortran, got_dtype = read(f, max_header_size=4096)
-    if got_dtype != dtype or fortran or (got_shape != shape if shape is not None else len(got_shape) != 1):
-        raise SessionError(f"{path}: array '{name}' is {got_dtype} {got_shape}, expected {dtype} "
-                           f"{shape if shape is not None else '(n,)'}")
-    nbytes = dtype.itemsize * math.prod(got_shape)
-    data = f.read(nbytes + 1)  # read to the end, so that zipfile checks the member's CRC-32
-    if len(data) != nbytes:
-        raise SessionError(f"{path}: array '{name}' holds {len(data)} bytes of data, expected {nbytes}")
-    return np.frombuffer(data, dtype=dtype).reshape(got_shape).copy()  # a writable array of our own
 
 
 def check_arrays(kind: str, counters: dict, arrays: dict, path: Path):
