@@ -56,6 +56,9 @@ def sink_metric_per_layer(alphas: np.ndarray, eps: float = SINK_EPS, key: int = 
 def samples(tokenizer, text: str, n: int, length: int = SINK_TOKENS) -> list[np.ndarray]:
     """n samples of `length` token ids, each from the start of a line, the lines evenly spaced through `text`."""
     lines = [i for i, line in enumerate(text.splitlines(keepends=True)) if len(line) > 1]
+    if not 1 <= n <= len(lines):  # checked before anything is built: n = 10**11 would ask linspace for 800 GB
+        raise ValueError(f"asked for {n} samples, and the text has {len(lines)} lines to start them at: ask for "
+                         f"1 to {len(lines)} samples, or give a longer text")
     starts = np.cumsum([0] + [len(line) for line in text.splitlines(keepends=True)])
     out = []
     for i in np.linspace(0, len(lines) - 1, n + 2, dtype=int)[1:-1]:
@@ -112,7 +115,8 @@ def format_massive(m: Massive, tokens: list[str] | None = None) -> str:
     """A table: per layer, the top entries as value (position, dim), the median, the ratio top / median."""
     lines = ["layer   top |x| (token position, dim)" + " " * 38 + "median   top/median"]
     for n in range(len(m.top)):
-        cells = "  ".join(f"{v:8.1f} ({p:3d},{d:4d})" for v, p, d in zip(m.top[n], m.position[n], m.dim[n]))
+        cells = "  ".join(f"{v:8.1f} ({p:3d},{d:4d})"
+                          for v, p, d in zip(m.top[n], m.position[n], m.dim[n], strict=True))
         flag = "  massive" if m.is_massive()[n, 0] else ""
         lines.append(f"{n:5d}   {cells}   {m.median[n]:6.3f}   {m.top[n, 0] / m.median[n]:8.0f}{flag}")
     if tokens is not None:
@@ -179,7 +183,7 @@ def plot_massive(m: Massive, path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 2.6))
     layers = np.arange(len(m.top))
-    for j, style in zip(range(m.top.shape[1]), ("o-", "s--", "^:")):
+    for j, style in zip(range(m.top.shape[1]), ("o-", "s--", "^:"), strict=False):  # at most 3 curves
         ax.plot(layers, m.top[:, j], style, ms=3, label=f"top {j + 1}")
     ax.plot(layers, m.median, "k-", lw=1, label="median")
     ax.set_yscale("log")
