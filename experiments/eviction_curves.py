@@ -3,12 +3,12 @@ docs/results.md (perplexity against the total cache for window, sink 4 + rest, H
 
 The runs (KJV from its first token; h2o and tova token by token, the several budgets of one mode in one pass):
 
-    minisink ppl --corpus kjv --tokens 8000 --mode h2o --budget 64 128 256 512 --out runs/h2o.npz
-    minisink ppl --corpus kjv --tokens 8000 --mode tova --budget 64 128 256 512 --out runs/tova.npz
-    minisink ppl --corpus kjv --tokens 8000 --mode sink --sinks 4 --window 60 --out runs/sink_64.npz    # N - 4
-    minisink ppl --corpus kjv --tokens 8000 --mode window --window 64 --out runs/window_64.npz
+    minisink ppl --corpus kjv --tokens 8000 --policy h2o --budget 64 128 256 512 --out runs/h2o.npz
+    minisink ppl --corpus kjv --tokens 8000 --policy tova --budget 64 128 256 512 --out runs/tova.npz
+    minisink ppl --corpus kjv --tokens 8000 --policy sink --sinks 4 --window 60 --out runs/sink_64.npz    # N - 4
+    minisink ppl --corpus kjv --tokens 8000 --policy window --window 64 --out runs/window_64.npz
     ... (sink and window at 128, 256, 512 alike)
-    minisink ppl --corpus kjv --tokens 8000 --mode dense --out runs/dense.npz
+    minisink ppl --corpus kjv --tokens 8000 --policy dense --out runs/dense.npz
 
 then `python experiments/eviction_curves.py --runs runs/ --img docs/img`. Every run is compared over the same
 tokens: the longest prefix all of them scored (a run cut short is reported at its length).

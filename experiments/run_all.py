@@ -68,19 +68,19 @@ def preset_runs(p: Preset) -> dict[str, str]:
     """Run name -> arguments of `minisink ppl`, in the order they run: the most telling and cheapest first."""
     C = p.cache
     runs = {  # Fig. 3: the policies at one total cache size C
-        f"sink_4_{C - 4}": f"--mode sink --sinks 4 --window {C - 4} --tokens {p.long}",
-        f"window_{C}": f"--mode window --window {C} --tokens {p.long}",
+        f"sink_4_{C - 4}": f"--policy sink --sinks 4 --window {C - 4} --tokens {p.long}",
+        f"window_{C}": f"--policy window --window {C} --tokens {p.long}",
         # renumbering: positions in the text instead of within the cache, with sinks and without
-        f"sink_4_{C - 4}_textpos": f"--mode sink --sinks 4 --window {C - 4} --no-renumber --tokens {p.long}",
-        f"window_{C}_textpos": f"--mode window --window {C} --no-renumber --tokens {p.short}",
+        f"sink_4_{C - 4}_textpos": f"--policy sink --sinks 4 --window {C - 4} --no-renumber --tokens {p.long}",
+        f"window_{C}_textpos": f"--policy window --window {C} --no-renumber --tokens {p.short}",
     }
     for S in p.sinks:  # Table 2: sink count at a fixed total (S = 0 and 4 are runs above)
-        runs[f"sink_{S}_{C - S}"] = f"--mode sink --sinks {S} --window {C - S} --tokens {p.short}"
+        runs[f"sink_{S}_{C - S}"] = f"--policy sink --sinks {S} --window {C - S} --tokens {p.short}"
     for W in p.windows:  # Table 6: cache size, 4 sinks + W (W = C - 4 is a run above)
-        runs[f"sink_4_{W}"] = f"--mode sink --sinks 4 --window {W} --tokens {p.short}"
-    runs["dense"] = f"--mode dense --tokens {p.dense}"  # dense attention, past the pre-training length in `full`
+        runs[f"sink_4_{W}"] = f"--policy sink --sinks 4 --window {W} --tokens {p.short}"
+    runs["dense"] = f"--policy dense --tokens {p.dense}"  # dense attention, past the pre-training length in `full`
     # the quality baseline, last: it costs the most per token (a fresh forward over C tokens each)
-    runs[f"recompute_{C}"] = f"--mode recompute --window {C} --tokens {p.recompute}"
+    runs[f"recompute_{C}"] = f"--policy recompute --window {C} --tokens {p.recompute}"
     return runs
 
 
@@ -98,8 +98,8 @@ def run_ppl_runs(model, ids, names, runs: dict[str, str], out: Path, force: bool
     `ids` is the stream, at least as long as the longest run. Returns the seconds each run took."""
     import numpy as np
 
-    from minisink.cli import build_parser
-    from minisink.evaluate import run_ppl, save_run
+    from minisink.cli import build_parser, cache_spec
+    from minisink.ppl import run_ppl, save_run
 
     seconds = {}
     for name in names:
@@ -110,8 +110,7 @@ def run_ppl_runs(model, ids, names, runs: dict[str, str], out: Path, force: bool
         a = build_parser().parse_args(ppl_args(name, runs))
         print(f"== {name}: minisink {' '.join(ppl_args(name, runs))} --out {path}", flush=True)
         start = time.perf_counter()
-        run = run_ppl(model, ids[:a.tokens], a.mode, a.sinks, a.window, not a.no_renumber, a.chunk,
-                      say=lambda msg: print("   " + msg, flush=True))
+        run = run_ppl(model, ids[:a.tokens], cache_spec(a), a.chunk, say=lambda msg: print("   " + msg, flush=True))
         save_run(run, path, source=source, model=model_name)
         seconds[name] = time.perf_counter() - start
         print(f"   perplexity {float(np.exp(run.nll.mean())):.3f} over {run.tokens} tokens, {seconds[name]:.1f} s",
@@ -131,6 +130,8 @@ def run_latency(model, out: Path, sink_steps: int = 16, recompute_steps: int = 3
 
     import numpy as np
 
+    from minisink import new_cache
+
     rng = np.random.default_rng(0)
     ids = rng.integers(100, model.config.vocab_size, 2 * max(LATENCY_SIZES))
 
@@ -147,11 +148,11 @@ def run_latency(model, out: Path, sink_steps: int = 16, recompute_steps: int = 3
 
     rows = []
     for C in LATENCY_SIZES:
-        sink = model.new_cache(n_sink=4, window=C - 4)
+        sink = new_cache(model, "sink", sinks=4, window=C - 4)
         model.forward(ids[:C + 64], sink)
         sink_s, sink_peak = steps(sink, sink_steps)
         sink_bytes = sink.keys.nbytes + sink.values.nbytes
-        recompute = model.new_cache(window=C, recompute=True)
+        recompute = new_cache(model, "recompute", window=C)
         for t in ids[:C - 1]:
             recompute.remember(t)  # it holds ids only: filling it costs no forward
         rec_s, rec_peak = steps(recompute, recompute_steps)
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
 
     import minisink
     import weights_fetch
-    from minisink.evaluate import load_text_ids
+    from minisink.corpus import load_text_ids
 
     start = time.perf_counter()
     model_dir = weights_fetch.default_model_dir()

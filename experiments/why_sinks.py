@@ -25,7 +25,7 @@ NEWLINES = ["--sink-prefix", "\n"] * 4  # four "\n" tokens (the paper's Table 1)
 
 
 def calibrations(out: Path) -> dict[str, list[str]]:
-    return {f"sigma_{c}_{e}.npz": ["calibrate", "--corpus", "kjv", "--cache", str(c), "--tokens",
+    return {f"sigma_{c}_{e}.npz": ["calibrate", "--corpus", "kjv", "--sinks", "4", "--window", str(c - 4), "--tokens",
                                    str(CALIBRATION_TOKENS[c]), "--estimator", e, "--out", str(out / f"sigma_{c}_{e}.npz")]
             for c in CACHES for e in ESTIMATORS}
 
@@ -34,21 +34,21 @@ def ppl_runs(out: Path) -> dict[str, list[str]]:
     """name -> `minisink ppl` arguments, in the order they run (the most telling first)."""
     runs = {}
     for c in CACHES:
-        window = ["--mode", "window", "--window", str(c)]
+        window = ["--policy", "window", "--window", str(c)]
         runs[f"window_{c}"] = window
-        runs[f"sink_{c}"] = ["--mode", "sink", "--sinks", "4", "--window", str(c - 4)]
+        runs[f"sink_{c}"] = ["--policy", "sink", "--sinks", "4", "--window", str(c - 4)]
         runs[f"window_{c}_zero"] = window + ["--sink-logits", "zero"]
         for e in ESTIMATORS:
             runs[f"window_{c}_{e}"] = window + ["--sink-logits", str(out / f"sigma_{c}_{e}.npz")]
         runs[f"window_{c}_mass_value"] = runs[f"window_{c}_mass"] + ["--sink-value"]
-        runs[f"sink_{c}_newlines"] = ["--mode", "sink", "--window", str(c - 4)] + NEWLINES
-    runs["dense"] = ["--mode", "dense"]
-    runs["dense_zero"] = ["--mode", "dense", "--sink-logits", "zero"]
-    runs["dense_mass"] = ["--mode", "dense", "--sink-logits", str(out / "sigma_1024_mass.npz")]
+        runs[f"sink_{c}_newlines"] = ["--policy", "sink", "--window", str(c - 4)] + NEWLINES
+    runs["dense"] = ["--policy", "dense"]
+    runs["dense_zero"] = ["--policy", "dense", "--sink-logits", "zero"]
+    runs["dense_mass"] = ["--policy", "dense", "--sink-logits", str(out / "sigma_1024_mass.npz")]
     for c in CACHES:  # the rest, if there is time
         runs[f"window_{c}_lme_value"] = runs[f"window_{c}_lme"] + ["--sink-value"]
-        runs[f"sink_{c}_endoftext"] = ["--mode", "sink", "--window", str(c - 1), "--sink-prefix", "<|endoftext|>"]
-    runs["dense_lme"] = ["--mode", "dense", "--sink-logits", str(out / "sigma_1024_lme.npz")]
+        runs[f"sink_{c}_endoftext"] = ["--policy", "sink", "--window", str(c - 1), "--sink-prefix", "<|endoftext|>"]
+    runs["dense_lme"] = ["--policy", "dense", "--sink-logits", str(out / "sigma_1024_lme.npz")]
     return {name: ["ppl", "--corpus", "kjv", "--tokens", str(TOKENS), *args, "--out", str(out / f"{name}.npz")]
             for name, args in runs.items()}
 

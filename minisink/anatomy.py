@@ -27,6 +27,7 @@ import numpy as np
 
 from .attention_maps import _pyplot, _save, capture
 from .evaluate import perplexity, token_nll
+from .spec import new_cache
 
 SINK_TOKENS, SINK_EPS = 64, 0.3  # Gu et al.'s T and epsilon
 MASSIVE_MIN, MASSIVE_RATIO = 100.0, 1000.0  # Sun et al.: |x| > 100 and about 1000x the median
@@ -80,7 +81,7 @@ def sample_alphas(model, token_samples) -> np.ndarray:
 def hidden_states(model, ids) -> np.ndarray:
     """The residual stream after every layer of one dense forward: [layers, T, d_model] float32."""
     states = []
-    model.forward(np.asarray(ids), model.new_cache(), layer_hook=lambda n, x: states.append(x.copy()))
+    model.forward(np.asarray(ids), new_cache(model), layer_hook=lambda n, x: states.append(x.copy()))
     return np.stack(states)
 
 
@@ -159,7 +160,7 @@ def massive_means(model, token_samples, layer: int, dims) -> np.ndarray:
 
 def intervention_ppl(model, token_samples, hook=None) -> float:
     """Perplexity of the samples (each its own dense forward), with `hook` as the layer_hook."""
-    nll = [token_nll(model.forward(ids[:-1], model.new_cache(), layer_hook=hook), ids[1:]) for ids in token_samples]
+    nll = [token_nll(model.forward(ids[:-1], new_cache(model), layer_hook=hook), ids[1:]) for ids in token_samples]
     return perplexity(np.concatenate(nll))
 
 
@@ -227,3 +228,21 @@ def massive_report(model, tokenizer, text: str, prompt_ids, n: int) -> tuple[str
         changed = f"  ({hook.changed} entries set)" if hook else ""
         lines.append(f"  {name:<40} {ppl:12.3f}{changed}")
     return "\n".join(lines), m
+
+
+def reports(model, tokenizer, text: str, prompt_ids, sink_metric_samples: int = 0, massive_samples: int = 0,
+            plot_dir=None) -> tuple[list[str], list[Path]]:
+    """`minisink attn --sink-metric N --massive N [--plot DIR]`: the reports asked for (samples drawn from `text`)
+    and, with `plot_dir`, their plots (sink_metric.png, massive_activations.png)."""
+    texts, plots = [], []
+    if sink_metric_samples:
+        report, per_layer = sink_metric_report(model, tokenizer, text, sink_metric_samples)
+        texts.append(report)
+        if plot_dir:
+            plots.append(plot_sink_metric(per_layer, Path(plot_dir) / "sink_metric.png"))
+    if massive_samples:
+        report, massive = massive_report(model, tokenizer, text, prompt_ids, massive_samples)
+        texts.append(report)
+        if plot_dir:
+            plots.append(plot_massive(massive, Path(plot_dir) / "massive_activations.png"))
+    return texts, plots

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .model import PREFILL_CHUNK
+from .spec import new_cache
 
 FIRST_QUERY = 4  # queries before this one are left out of the sink mass (they see too few tokens to tell)
 PLOT_LAYERS = (0, 1, 2, 15, 29)  # the layers drawn by plot_maps (those that exist)
@@ -42,7 +43,7 @@ def capture(model, token_ids) -> list[np.ndarray]:
     if not 1 <= len(ids) <= PREFILL_CHUNK:
         raise ValueError(f"attention maps take 1..{PREFILL_CHUNK} tokens in one forward, got {len(ids)}")
     probs: list[np.ndarray] = []
-    model.forward(ids, model.new_cache(), attention_probs=probs)
+    model.forward(ids, new_cache(model), attention_probs=probs)
     T = len(ids)
     for p in probs:
         assert p.shape == (model.config.num_attention_heads, T, T), p.shape

@@ -33,6 +33,7 @@ from .config import LlamaConfig
 from .model import Llama, attention, linear, load_model
 from .rope import apply_rope
 from .weights import load_weights
+from .spec import new_cache
 
 PREFILL_TOKENS, DECODE_TOKENS, SHORT_PROMPT = 512, 128, 16
 EVALUATOR_CHUNKS = (128, 256)  # chunk sizes the evaluator is timed at
@@ -102,11 +103,11 @@ def bench_minisink(path, repeats: int = 3) -> dict:
     prefill = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.forward(ids, model.new_cache())
+        model.forward(ids, new_cache(model))
         prefill.append(time.perf_counter() - start)
     steps, floors = [], []
     for _ in range(repeats):
-        cache = model.new_cache()
+        cache = new_cache(model)
         model.forward(ids[:SHORT_PROMPT], cache)
         s, f = decode_steps(model, cache, DECODE_TOKENS, floor=True)
         steps += s
@@ -122,7 +123,7 @@ def bench_sink_logits(model, n: int = DECODE_TOKENS) -> dict:
     c = model.config
     sigma = np.random.default_rng(5).normal(3, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
     ids = prompt_ids(SHORT_PROMPT, c.vocab_size)
-    caches = {"default": model.new_cache(), "sink_logits": model.new_cache()}
+    caches = {"default": new_cache(model), "sink_logits": new_cache(model)}
     times = {name: [] for name in caches}
     saved = model.sink_logits
     try:
@@ -178,11 +179,11 @@ def bench_caches(model, quick: bool) -> dict:
     """Decode cost of the sink cache along a long stream, against the full cache and the recompute baseline."""
     S, W = 4, 1020
     out = {}
-    sink = model.new_cache(n_sink=S, window=W)
+    sink = new_cache(model, "sink", sinks=S, window=W)
     fill(model, sink, 1100)
     out["sink_1100_ms"] = median_ms(decode_steps(model, sink, 32)[0])
     out["rss_1100_mb"], out["sink_cache_mb"] = rss_mb(), (sink.keys.nbytes + sink.values.nbytes) / 2**20
-    full = model.new_cache()
+    full = new_cache(model)
     fill(model, full, S + W)
     out["full_1024_ms"] = median_ms(decode_steps(model, full, 32)[0])
     fill(model, full, 2000 - (S + W) - 32)
@@ -192,7 +193,7 @@ def bench_caches(model, quick: bool) -> dict:
         fill(model, sink, 20000 - 1100 - 32)
         out["sink_20000_ms"] = median_ms(decode_steps(model, sink, 32)[0])
         out["rss_20000_mb"] = rss_mb()
-    recompute = model.new_cache(window=S + W, recompute=True)
+    recompute = new_cache(model, "recompute", window=S + W)
     for token in prompt_ids(S + W - 1, model.config.vocab_size, seed=2):  # it holds ids: fill it without forwards
         recompute.remember(token)
     out["recompute_1024_ms"] = median_ms(decode_steps(model, recompute, 3)[0])
@@ -229,13 +230,13 @@ def bench_full_step(model, n: int = 64) -> dict:
     decode, a fresh 16-token prompt every 16 tokens), one token of each in turn so that both see the same noise;
     then the attention part of the full-cache step against its read floor, also in turn, each right after a pass
     over the weights, so that both read the keys and values from memory, as a decode step does."""
-    sink = model.new_cache(n_sink=4, window=1020)
+    sink = new_cache(model, "sink", sinks=4, window=1020)
     fill(model, sink, 1100)
     full, short, attn, read = [], [], [], []
     rng = np.random.default_rng(5)
     for i, token in enumerate(prompt_ids(n, model.config.vocab_size, seed=1)):
         if i % SHORT_PROMPT == 0:
-            context = model.new_cache()
+            context = new_cache(model)
             model.forward(prompt_ids(SHORT_PROMPT, model.config.vocab_size), context)
         for cache, times in ((sink, full), (context, short)):
             start = time.perf_counter()
@@ -255,7 +256,7 @@ def bench_evaluator(model, single: int = 256, chunks: int = 3, sizes=EVALUATOR_C
     Both score every token (log-softmax included); tests/test_evaluate.py shows they give the same NLLs."""
     from .evaluate import stream_nll
 
-    cache = model.new_cache(n_sink=4, window=1020)
+    cache = new_cache(model, "sink", sinks=4, window=1020)
     fill(model, cache, 1100)
     ids = prompt_ids(single + 1, model.config.vocab_size, seed=3)
     start = time.perf_counter()
@@ -288,7 +289,7 @@ def bench_busy_machine(model, tokens: int = 64, rounds: int = 2) -> dict:
 
     def decode_ms(threads) -> float:
         ids = prompt_ids(SHORT_PROMPT, model.config.vocab_size)
-        steps = generate(model, ids, model.new_cache(), tokens + 1, threads=threads)
+        steps = generate(model, ids, new_cache(model), tokens + 1, threads=threads)
         next(steps)  # the prompt is in
         start = time.perf_counter()
         for _ in steps:
@@ -312,8 +313,8 @@ def bench_eviction(model, budget: int = 1024, rounds: int = 24) -> dict:
     """Decode ms/token of the policies that read attention (eviction.py) against the sink cache, all at a total
     budget of `budget` tokens and filled past it: one step of each cache in turn per round (interleaved, so they
     see the same machine noise), medians; and the ratio of each to the sink cache."""
-    caches = {"sink": model.new_cache(n_sink=4, window=budget - 4), "h2o": model.new_cache(policy="h2o", budget=budget),
-              "tova": model.new_cache(policy="tova", budget=budget)}
+    caches = {"sink": new_cache(model, "sink", sinks=4, window=budget - 4), "h2o": new_cache(model, "h2o", budget=budget),
+              "tova": new_cache(model, "tova", budget=budget)}
     for cache in caches.values():
         fill(model, cache, budget + 76)
     steps = {name: [] for name in caches}

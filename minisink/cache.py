@@ -181,7 +181,7 @@ class FullCache:
 
     def _grow(self, capacity: int):
         check_fits(capacity * self.bytes_per_token, f"a full cache of {capacity} tokens",
-                   "feed fewer tokens, or use a sink cache: new_cache(n_sink=4, window=1020)")
+                   "feed fewer tokens, or use a sink cache: new_cache(model, \"sink\", sinks=4, window=1020)")
         keys = np.zeros(self.keys.shape[:3] + (capacity,), dtype=np.float32)
         values = np.zeros(self.values.shape[:2] + (capacity, self.values.shape[3]), dtype=np.float32)
         keys[..., :self.length] = self.keys[..., :self.length]

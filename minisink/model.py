@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Cache, CacheError, FullCache, KVBlock, RecomputeWindow, SinkCache
+from .cache import Cache, KVBlock, RecomputeWindow
 from .config import LlamaConfig
-from .eviction import new_eviction_cache
 from .rope import Rotation, apply_rope
 from .weights import checking_finite, load_weights
 
@@ -258,24 +257,6 @@ class Llama:
         c = self.config
         self._sink_values = _checked("sink_values", values, (c.num_hidden_layers, c.num_attention_heads, c.head_dim),
                                      allow_minus_inf=False)
-
-    def new_cache(self, n_sink: int | None = None, window: int | None = None, *, recompute: bool = False,
-                  renumber: bool = True, position_offset: int = 0, policy: str | None = None, **options):
-        """A fresh cache. No arguments: the full cache (dense attention). `window=W`: window attention;
-        `n_sink=S, window=W`: the StreamingLLM sink cache; `recompute=True`: sliding window with re-computation.
-        `policy="h2o"` (budget, heavy, positions), `"tova"` (budget, positions), `"snapkv"` (capacity, window, w,
-        kernel): the caches that read attention (eviction.py)."""
-        if policy is not None:
-            return new_eviction_cache(self.config, policy, **options, **({} if window is None else {"window": window}))
-        if recompute:
-            if window is None:
-                raise CacheError("recompute=True needs a window size: new_cache(window=W, recompute=True)")
-            return RecomputeWindow(self.config, window, n_sink or 0)
-        if n_sink is None and window is None:
-            return FullCache(self.config, position_offset)
-        if window is None:
-            raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
-        return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
 
     def forward(self, token_ids, cache: Cache, attention_probs: list | None = None, layer_hook=None) -> np.ndarray:
         """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.

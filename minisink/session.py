@@ -12,7 +12,8 @@ The file is a plain NumPy `.npz` (a zip of `.npy` arrays, readable with `np.load
 format and its version, the model's identity, the cache's counters, the caller's own state), the other members
 are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (minisink/npzfile.py reads
 each `.npy` header itself and refuses any dtype or shape but the ones the model's config implies, before reading
-the data), and a zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file and the fix.
+the data), and a zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file
+and the fix.
 
 The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
 forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what

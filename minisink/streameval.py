@@ -40,9 +40,9 @@ import numpy as np
 from .atomic import atomic_write
 from .cache import available_memory, kv_bytes_per_token
 from .model import PREFILL_CHUNK
+from .spec import CacheSpec, new_cache
 
 TASKS = ("passkey", "lines")
-POLICIES = ("dense", "window", "sink", "recompute", "h2o", "tova")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 PREAMBLE = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
             "I will quiz you about it.\n")
@@ -65,21 +65,6 @@ class Query:
     expected: str
     answer: str  # the generated text
     correct: bool
-
-
-def make_cache(model, policy: str, sinks: int, window: int):
-    """The cache of a policy; h2o and tova get a budget of sinks + window tokens (the sink cache's memory)."""
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    if policy == "dense":
-        return model.new_cache()
-    if policy == "window":
-        return model.new_cache(n_sink=0, window=sinks + window)
-    if policy == "sink":
-        return model.new_cache(n_sink=sinks, window=window)
-    if policy == "recompute":
-        return model.new_cache(n_sink=sinks, window=window, recompute=True)
-    return model.new_cache(policy=policy, budget=sinks + window)
 
 
 def feed(model, cache, ids, chunk: int) -> np.ndarray:
@@ -161,8 +146,7 @@ def stream_size(tok, task: str, distance: int, queries: int) -> tuple[int, int]:
     return lines * per_line + queries * (question + ANSWER_TOKENS), first * per_line + question
 
 
-def check_plan(config, tok, task: str, policy: str, sinks: int, window: int, distance: int, queries: int,
-               available: int | None = None):
+def check_plan(config, tok, task: str, spec: CacheSpec, distance: int, queries: int, available: int | None = None):
     """Raise a ValueError, before anything is built, if the stream that these settings ask for does not fit in
     MEMORY_SHARE of the available memory (`available` bytes; default: what the system says is available)."""
     if task not in TASKS:
@@ -173,23 +157,22 @@ def check_plan(config, tok, task: str, policy: str, sinks: int, window: int, dis
     need = held * BYTES_PER_ID
     if task == "lines":
         need += (distance + QUERY_EVERY * queries) * BYTES_PER_LINE
-    kept = tokens if policy == "dense" else min(tokens, sinks + window)
+    kept = tokens if spec.tokens is None else min(tokens, spec.tokens)  # dense keeps every token
     need += 3 * kept * kv_bytes_per_token(config)  # keys and values; a growing FullCache copies while it doubles
     available = available_memory() if available is None else available
     if available is not None and need > MEMORY_SHARE * available:
-        fix = "lower --distance or --queries" + (", or use a bounded --policy (sink, window)" * (policy == "dense"))
+        fix = "lower --distance or --queries" + (", or use a bounded --policy (sink, window)" * (spec.tokens is None))
         raise ValueError(f"--task {task} --distance {distance} --queries {queries} is a stream of about "
                          f"{tokens:,} tokens that needs about {need / 2**30:.1f} GiB of memory at once, more than "
                          f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available: {fix}")
 
 
-def run_streameval(model, tok, task: str, policy: str, sinks: int = 4, window: int = 252, distance: int = 100,
-                   queries: int = 10, seed: int = 0,
+def run_streameval(model, tok, task: str, spec: CacheSpec, distance: int = 100, queries: int = 10, seed: int = 0,
                    report: Callable[[Query, int, int], None] | None = None) -> list[Query]:
-    """Stream the task through the policy's cache, answering each question greedily; `report(query, right,
-    asked)` after each. Returns every query."""
-    check_plan(model.config, tok, task, policy, sinks, window, distance, queries)
-    cache = make_cache(model, policy, sinks, window)
+    """Stream the task through the cache of `spec` (minisink/spec.py), answering each question greedily;
+    `report(query, right, asked)` after each. Returns every query."""
+    check_plan(model.config, tok, task, spec, distance, queries)
+    cache = new_cache(model, spec)
     chunk = 1 if getattr(cache, "wants_attention", False) else PREFILL_CHUNK  # h2o, tova decide per token
     make_pieces = passkey_pieces if task == "passkey" else lines_pieces
     pieces = make_pieces(tok, distance, queries, np.random.default_rng(seed))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .cache import available_memory, kv_bytes_per_token
 from .evaluate import perplexity, stream_nll
+from .spec import new_cache
 
 SINKS = (0, 1, 4)  # 0 is window attention
 SMALLEST = 64  # tokens: the first cache size tried
@@ -62,7 +63,7 @@ def sweep(model, ids, budget_mb: float, chunk: int = 256,
     plan = [(s, size) for size in sizes for s in SINKS]
     out = []
     for done, (sinks, size) in enumerate(plan, 1):
-        cache = model.new_cache(n_sink=sinks, window=size - sinks)
+        cache = new_cache(model, "sink", sinks=sinks, window=size - sinks)
         start = time.perf_counter()
         nll = stream_nll(model, ids, cache, chunk)
         seconds = time.perf_counter() - start

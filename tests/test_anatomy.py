@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from minisink import anatomy
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 torch = pytest.importorskip("torch")
@@ -89,13 +90,13 @@ def test_massive_activations_found_and_intervened():
 def test_layer_hook_can_change_the_forward():
     model = tiny_model()
     ids = np.arange(12)
-    plain = model.forward(ids, model.new_cache())
-    assert np.array_equal(model.forward(ids, model.new_cache(), layer_hook=lambda n, x: None), plain)
+    plain = model.forward(ids, new_cache(model))
+    assert np.array_equal(model.forward(ids, new_cache(model), layer_hook=lambda n, x: None), plain)
 
     def zero_last(n, x):
         if n == 2:
             x[:] = 0
-    assert np.allclose(model.forward(ids, model.new_cache(), layer_hook=zero_last), 0)  # norm(0) = 0: logits 0
+    assert np.allclose(model.forward(ids, new_cache(model), layer_hook=zero_last), 0)  # norm(0) = 0: logits 0
 
 
 @pytest.mark.parametrize("n", [0, -1, 4, 10**11])

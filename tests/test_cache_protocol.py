@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import minisink.model
 from minisink.cache import FullCache
+from minisink.spec import new_cache
 from draws import examples
 from tiny import tiny_model
 
@@ -29,12 +30,12 @@ def model(layers):
     return tiny_model(seed=layers, num_hidden_layers=layers)
 
 
-def new_cache(m, kind, S, W):
+def cache_of_kind(m, kind, S, W):
     if kind == "full":
-        return m.new_cache()
+        return new_cache(m)
     if kind == "recompute":
-        return m.new_cache(n_sink=S, window=W, recompute=True)
-    return m.new_cache(n_sink=S, window=W)
+        return new_cache(m, "recompute", sinks=S, window=W)
+    return new_cache(m, "sink", sinks=S, window=W)
 
 
 class Injected(Exception):
@@ -77,7 +78,7 @@ def runs(draw):
 def test_an_interrupted_chunk_leaves_every_cache_as_it_was(run):
     kind, layers, S, W, chunks, faults = run
     m = model(layers)
-    cache, fresh = new_cache(m, kind, S, W), new_cache(m, kind, S, W)
+    cache, fresh = cache_of_kind(m, kind, S, W), cache_of_kind(m, kind, S, W)
     for chunk, fault in zip(chunks, faults, strict=True):
         if fault is not None:
             where, n, error = fault
@@ -105,7 +106,7 @@ def test_long_input_commits_whole_chunks_and_says_so():
     one held, and the exception's note says how many tokens the cache holds."""
     m = model(1)
     ids = np.random.default_rng(0).integers(0, VOCAB, minisink.model.PREFILL_CHUNK + 5)
-    cache = m.new_cache()
+    cache = new_cache(m)
     with pytest.raises(Injected) as info, raising(cache, "blocks", 1, Injected):  # one layer: chunk 2's blocks
         m.forward(ids, cache)
     assert len(cache.retained()) == minisink.model.PREFILL_CHUNK
@@ -131,9 +132,9 @@ def test_recompute_applies_the_lm_head_to_the_last_row_only():
     and the logits are those of the full forward's last row."""
     m = tiny_model(seed=5)
     ids = np.random.default_rng(5).integers(0, VOCAB, 12)
-    want = [m.forward(ids[max(0, t - 5):t + 1], m.new_cache())[-1] for t in range(12)]  # window 6, no sinks
+    want = [m.forward(ids[max(0, t - 5):t + 1], new_cache(m))[-1] for t in range(12)]  # window 6, no sinks
     m.lm_head = m.lm_head.view(RowsRecorder)
     RowsRecorder.rows = []
-    got = m.forward(ids, m.new_cache(window=6, recompute=True))
+    got = m.forward(ids, new_cache(m, "recompute", window=6))
     assert RowsRecorder.rows == [6] + [1] * 6, RowsRecorder.rows
     np.testing.assert_allclose(got, np.stack(want), atol=1e-5)

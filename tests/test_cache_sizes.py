@@ -15,6 +15,7 @@ import pytest
 
 import minisink.cache
 from minisink import CacheError
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 
@@ -23,24 +24,24 @@ def model():
     return tiny_model(seed=0, num_hidden_layers=1)
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_sink=4, window=10**9), dict(window=10**9),
-                                    dict(n_sink=4, window=10**9, recompute=True)])
-def test_a_cache_larger_than_memory_is_refused_up_front(model, kwargs):
+@pytest.mark.parametrize("policy, kwargs", [("sink", dict(sinks=4, window=10**9)), ("window", dict(window=10**9)),
+                                            ("recompute", dict(sinks=4, window=10**9))])
+def test_a_cache_larger_than_memory_is_refused_up_front(model, policy, kwargs):
     with pytest.raises(CacheError, match=r"needs \d+\.\d+ GiB of keys and values, but only \d+\.\d+ GiB"):
-        model.new_cache(**kwargs)
+        new_cache(model, policy, **kwargs)
 
 
 def test_the_check_uses_the_available_memory(model, monkeypatch):
     per_token = minisink.cache.kv_bytes_per_token(model.config)
     monkeypatch.setattr(minisink.cache, "available_memory", lambda: 100 * per_token)
-    model.new_cache(n_sink=4, window=92)  # exactly fits: 4 + 92 slots and the sinks' working copy (4)
+    new_cache(model, "sink", sinks=4, window=92)  # exactly fits: 4 + 92 slots and the sinks' working copy (4)
     with pytest.raises(CacheError, match="a sink cache of 4 \\+ 93 slots"):
-        model.new_cache(n_sink=4, window=93)
+        new_cache(model, "sink", sinks=4, window=93)
 
 
 def test_the_full_cache_checks_before_it_grows(model, monkeypatch):
     per_token = minisink.cache.kv_bytes_per_token(model.config)
-    cache = model.new_cache()
+    cache = new_cache(model)
     model.forward(np.arange(10), cache)
     monkeypatch.setattr(minisink.cache, "available_memory", lambda: 50 * per_token)
     with pytest.raises(CacheError, match="a full cache of 80 tokens"):
@@ -54,8 +55,8 @@ def test_the_full_cache_checks_before_it_grows(model, monkeypatch):
 def test_a_huge_mostly_empty_window_costs_what_it_holds(model):
     """300 tokens into a window of 10**6: the work and the temporary memory are those of 300 tokens."""
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, 300)
-    small = model.forward(ids, model.new_cache(n_sink=4, window=400))
-    cache = model.new_cache(n_sink=4, window=10**6)  # 10**6 slots, allocated lazily (zeros)
+    small = model.forward(ids, new_cache(model, "sink", sinks=4, window=400))
+    cache = new_cache(model, "sink", sinks=4, window=10**6)  # 10**6 slots, allocated lazily (zeros)
     tracemalloc.start()
     start = time.perf_counter()
     got = model.forward(ids, cache)
@@ -67,8 +68,8 @@ def test_a_huge_mostly_empty_window_costs_what_it_holds(model):
     assert seconds < 5, f"{seconds:.1f} s for 300 tokens"
 
 
-@pytest.mark.parametrize("kwargs", [dict(window=True, recompute=True), dict(n_sink=True, window=4, recompute=True),
-                                    dict(n_sink=2, window=True)])
-def test_booleans_are_not_sizes(model, kwargs):
+@pytest.mark.parametrize("policy, kwargs", [("recompute", dict(window=True)), ("recompute", dict(sinks=True, window=4)),
+                                            ("sink", dict(sinks=2, window=True))])
+def test_booleans_are_not_sizes(model, policy, kwargs):
     with pytest.raises(CacheError, match="must be an integer"):
-        model.new_cache(**kwargs)
+        new_cache(model, policy, **kwargs)

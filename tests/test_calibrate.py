@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minisink.calibrate import Calibration, CalibrationError, calibrate, fit_mass, load_sink_file, split_text
-from minisink.evaluate import run_ppl, stream_nll
+from minisink.evaluate import stream_nll
+from minisink.ppl import run_ppl
+from minisink.spec import new_cache
 from draws import examples
 from tiny import tiny_model
 
@@ -32,7 +34,7 @@ def one_layer():
 
 def sink_attention(model, ids, window):
     """1 - the attention on the real keys, per head and steady query, in window attention with sink logits."""
-    cache, masses = model.new_cache(n_sink=0, window=window), []
+    cache, masses = new_cache(model, "sink", sinks=0, window=window), []
     for start in range(0, len(ids), 32):
         probs = []
         model.forward(ids[start:start + 32], cache, attention_probs=probs)
@@ -101,7 +103,7 @@ def test_prefix_is_fed_first_and_not_scored():
     prefix = [1, 1, 2]
     run = run_ppl(model, ids, "sink", window=20, prefix=prefix)
     assert run.sinks == 3 and len(run.nll) == len(ids) - 1
-    full = stream_nll(model, np.concatenate([prefix, ids]), model.new_cache(n_sink=3, window=20))
+    full = stream_nll(model, np.concatenate([prefix, ids]), new_cache(model, "sink", sinks=3, window=20))
     np.testing.assert_array_equal(run.nll, full[3:])
 
 
@@ -167,11 +169,11 @@ def test_sink_prefix_and_logits_on_chat(real_model_dir, capsys, monkeypatch):
     import io
     import sys
 
-    import minisink.cli as cli
+    import minisink.spec as spec
 
     caches = []
-    real_make_cache = cli.make_cache
-    monkeypatch.setattr(cli, "make_cache", lambda *a, **k: caches.append(real_make_cache(*a, **k)) or caches[-1])
+    real_new_cache = spec.new_cache
+    monkeypatch.setattr(spec, "new_cache", lambda *a, **k: caches.append(real_new_cache(*a, **k)) or caches[-1])
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
     code, out, _ = run(capsys, "chat", "--model", real_model_dir, "--sinks", 4, "--window", 60, "--max-new-tokens", 3,
                        "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n", "--sink-prefix", "\n",

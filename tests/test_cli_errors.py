@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from minisink import evaluate
+from minisink import ppl as ppl_module
 from minisink.cli import build_parser, main
 from draws import examples
 from tiny import TINY, write_tiny_checkpoint
@@ -96,7 +96,7 @@ def test_out_is_checked_before_the_run(files, capsys, monkeypatch):
         code, stdout, err = run(capsys, *ppl, "--out", out)
         assert_clean_error(code, err, message)
         assert "perplexity" not in stdout  # the run did not start
-    monkeypatch.setattr(evaluate.shutil, "disk_usage", lambda path: evaluate.shutil._ntuple_diskusage(1, 1, 100))
+    monkeypatch.setattr(ppl_module.shutil, "disk_usage", lambda path: ppl_module.shutil._ntuple_diskusage(1, 1, 100))
     code, stdout, err = run(capsys, *ppl, "--out", files / "out" / "run.npz")
     assert_clean_error(code, err, r"100 bytes free on that disk, the run needs about \d+")
     assert "perplexity" not in stdout
@@ -106,7 +106,7 @@ def test_a_disk_that_fills_during_the_run_is_a_clear_error(files, capsys, monkey
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(evaluate, "save_run", full)
+    monkeypatch.setattr(ppl_module, "save_run", full)
     code, stdout, err = run(capsys, "ppl", "--model", files / "model", "--text", files / "text.txt", "--window", 8,
                             "--out", tmp_path / "run.npz")
     assert_clean_error(code, err, r"cannot write .*run.npz \(No space left on device\); the summary above")

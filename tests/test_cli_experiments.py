@@ -135,5 +135,5 @@ def test_experiment_commands_parse():
 
     for name, args in run_all.PPL_RUNS.items():
         ns = build_parser().parse_args(["ppl", "--corpus", "kjv", *args.split()])
-        assert ns.mode in name.split("_")[0] or name == "dense"
+        assert ns.policy in name.split("_")[0] or name == "dense"
         assert ns.tokens >= 2

@@ -26,9 +26,11 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from minisink import CacheError
-from minisink.evaluate import run_ppl, stream_nll, stream_nll_together
+from minisink.evaluate import stream_nll, stream_nll_together
+from minisink.ppl import run_ppl
 from minisink.eviction import H2OCache, SnapKVCache, TOVACache
 from minisink.reference import EvictionReference
+from minisink.spec import CacheSpec, new_cache
 from draws import examples
 from tiny import tiny_model
 
@@ -86,7 +88,7 @@ def test_e1_equals_reference(policy, stream):
     and gives the same logits, for any chunking."""
     (name, tokens, cuts), (kind, options) = stream, policy
     m = model(name)
-    fast, ref = m.new_cache(policy=kind, **options), EvictionReference(m, kind, **options)
+    fast, ref = new_cache(m, kind, **options), EvictionReference(m, kind, **options)
     for i, piece in enumerate(chunks(tokens, cuts)):
         note(f"chunk {i}: {len(piece)} tokens")
         assert_close(m.forward(piece, fast), ref.forward(piece), f"logits, chunk {i}")
@@ -102,9 +104,9 @@ def test_e2_nothing_evicted_is_dense(policy, stream):
     tokens = tokens[:fits]
     cuts = [c for c in cuts if c < len(tokens)] if kind != "snapkv" else []  # SnapKV: its first chunk is the prompt
     m = model(name)
-    cache = m.new_cache(policy=kind, **options)
+    cache = new_cache(m, kind, **options)
     got = np.concatenate([m.forward(piece, cache) for piece in chunks(tokens, cuts)])
-    assert_close(got, m.forward(tokens, m.new_cache()), "vs full cache")
+    assert_close(got, m.forward(tokens, new_cache(m)), "vs full cache")
 
 
 @given(streams(max_tokens=60), st.integers(1, 12), st.sampled_from(["text", "cache"]))
@@ -113,8 +115,8 @@ def test_e3_h2o_without_heavy_hitters_is_window_attention(stream, budget, positi
     with n_sink = 0 (token by token, where both policies decide per token)."""
     name, tokens, _ = stream
     m = model(name)
-    h2o = m.new_cache(policy="h2o", budget=budget, heavy=0, positions=positions)
-    window = m.new_cache(n_sink=0, window=budget)
+    h2o = new_cache(m, "h2o", budget=budget, heavy=0, positions=positions)
+    window = new_cache(m, "sink", sinks=0, window=budget)
     for i in range(len(tokens)):
         assert_close(m.forward(tokens[i:i + 1], h2o), m.forward(tokens[i:i + 1], window), f"token {i}")
 
@@ -133,7 +135,7 @@ def test_e4_exception_mid_forward_changes_nothing(kind, options, where, when):
     m = model("L3-H6-KV2")
     rng = np.random.default_rng(0)
     prompt, failed, rest = rng.integers(0, VOCAB, 9), rng.integers(0, VOCAB, 8), rng.integers(0, VOCAB, 12)
-    cache, fresh = m.new_cache(policy=kind, **options), m.new_cache(policy=kind, **options)
+    cache, fresh = new_cache(m, kind, **options), new_cache(m, kind, **options)
     if when != "first chunk":
         m.forward(prompt, cache)
         m.forward(prompt, fresh)
@@ -167,11 +169,11 @@ def test_e5_streams_together_equal_one_at_a_time(stream):
     if len(tokens) < 2:
         return
     m = model(name)
-    specs = [{"policy": "h2o", "budget": 5}, {"policy": "tova", "budget": 7, "positions": "cache"},
-             {"n_sink": 2, "window": 4}, {}]
-    together = stream_nll_together(m, tokens, [m.new_cache(**s) for s in specs])
+    specs = [CacheSpec.parse("h2o", budget=5), CacheSpec.parse("tova", budget=7, positions="cache"),
+             CacheSpec.parse("sink", sinks=2, window=4), CacheSpec.parse("dense")]
+    together = stream_nll_together(m, tokens, [new_cache(m, s) for s in specs])
     for spec, row in zip(specs, together, strict=True):
-        np.testing.assert_allclose(row, stream_nll(m, tokens, m.new_cache(**spec), chunk=1), atol=1e-5,
+        np.testing.assert_allclose(row, stream_nll(m, tokens, new_cache(m, spec), chunk=1), atol=1e-5,
                                    err_msg=str(spec))
 
 
@@ -181,7 +183,7 @@ def test_e6_chunked_and_token_by_token_differ():
     m = model("L2-H6-KV3")
     tokens = np.random.default_rng(3).integers(0, VOCAB, 40)
     for kind in ("h2o", "tova"):
-        step, chunked = m.new_cache(policy=kind, budget=6), m.new_cache(policy=kind, budget=6)
+        step, chunked = new_cache(m, kind, budget=6), new_cache(m, kind, budget=6)
         for i in range(len(tokens)):
             m.forward(tokens[i:i + 1], step)
         m.forward(tokens, chunked)
@@ -191,7 +193,7 @@ def test_e6_chunked_and_token_by_token_differ():
 def test_fixed_storage_and_retained_shape():
     """Memory is fixed at construction (budget - 1 slots per layer and KV head) and never replaced."""
     m = model("L2-H6-KV3")
-    cache = m.new_cache(policy="h2o", budget=8)
+    cache = new_cache(m, "h2o", budget=8)
     keys, values = cache.keys, cache.values
     assert keys.shape == (2, 3, 8, 7) and values.shape == (2, 3, 7, 8)
     for token in np.random.default_rng(1).integers(0, VOCAB, 30):
@@ -204,7 +206,7 @@ def test_fixed_storage_and_retained_shape():
 
 def test_tova_keeps_the_same_tokens_in_every_kv_head():
     m = model("L2-H6-KV3")
-    cache = m.new_cache(policy="tova", budget=8)
+    cache = new_cache(m, "tova", budget=8)
     m.forward(np.random.default_rng(2).integers(0, VOCAB, 25), cache)
     kept = cache.retained()
     assert (kept == kept[:, :1]).all()
@@ -214,27 +216,27 @@ def test_tova_keeps_the_same_tokens_in_every_kv_head():
     ({"policy": "h2o", "budget": 0}, "budget must be an integer >= 1"),
     ({"policy": "h2o", "budget": 8, "heavy": 8}, "heavy must be at most budget - 1 = 7"),
     ({"policy": "tova", "budget": 8, "positions": "rope"}, "positions must be 'text'"),
-    ({"policy": "tova", "budget": 8, "heavy": 2}, "policy 'tova'"),
-    ({"policy": "lru", "budget": 8}, "policy must be one of h2o, tova, snapkv"),
+    ({"policy": "tova", "budget": 8, "heavy": 2}, "the tova cache takes no option heavy"),
+    ({"policy": "lru", "budget": 8}, "policy must be one of dense, sink, window, recompute, h2o, tova, snapkv"),
     ({"policy": "snapkv", "capacity": 8, "window": 4, "w": 2, "kernel": 4}, "kernel must be odd"),
     ({"policy": "snapkv", "capacity": 2, "window": 4, "w": 4}, "capacity must be an integer >= 4"),
 ])
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(CacheError, match=message):
-        model("L1-H6-KV2").new_cache(**options)
+        new_cache(model("L1-H6-KV2"), **options)
 
 
 def test_caches_that_do_not_ask_get_no_probabilities():
     """The model hands probabilities only to caches with wants_attention; SnapKV stops asking after its prompt."""
     m = model("L1-H6-KV2")
-    for cache in (m.new_cache(), m.new_cache(n_sink=2, window=4)):
+    for cache in (new_cache(m), new_cache(m, "sink", sinks=2, window=4)):
         assert not getattr(cache, "wants_attention", False)
-    snap = m.new_cache(policy="snapkv", capacity=6, window=3, w=2)
+    snap = new_cache(m, "snapkv", capacity=6, window=3, w=2)
     assert snap.wants_attention
     m.forward(np.arange(10), snap)
     assert not snap.wants_attention
-    assert isinstance(m.new_cache(policy="h2o", budget=4), H2OCache)
-    assert isinstance(m.new_cache(policy="tova", budget=4), TOVACache)
+    assert isinstance(new_cache(m, "h2o", budget=4), H2OCache)
+    assert isinstance(new_cache(m, "tova", budget=4), TOVACache)
     assert isinstance(snap, SnapKVCache)
 
 
@@ -242,9 +244,9 @@ def test_run_ppl_h2o_is_token_by_token():
     """`minisink ppl --mode h2o` scores token by token, whatever chunk it is given."""
     m = model("L2-H6-KV3")
     ids = np.random.default_rng(4).integers(0, VOCAB, 50)
-    run = run_ppl(m, ids, "h2o", window=10, chunk=16, heavy=3)
+    run = run_ppl(m, ids, "h2o", chunk=16, budget=10, heavy=3)
     assert run.chunk == 1 and run.heavy == 3 and "3 heavy + 7 recent" in run.summary()
-    np.testing.assert_allclose(run.nll, stream_nll(m, ids, m.new_cache(policy="h2o", budget=10, heavy=3), chunk=1))
+    np.testing.assert_allclose(run.nll, stream_nll(m, ids, new_cache(m, "h2o", budget=10, heavy=3), chunk=1))
 
 
 def test_bench_eviction_reports_each_policy_against_the_sink_cache():

@@ -26,7 +26,7 @@ def test_every_run_is_a_minisink_ppl_command(preset):
     assert len(runs) == len(set(runs)) >= 10
     for name in runs:
         ns = build_parser().parse_args(run_all.ppl_args(name, runs))
-        assert ns.mode == ("window" if name.startswith("window") else name.split("_")[0])
+        assert ns.policy == ("window" if name.startswith("window") else name.split("_")[0])
         assert ns.no_renumber == name.endswith("_textpos")
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from minisink.cli import main
 from minisink.generate import Sampler, SamplingError, generate
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 logits_strategy = st.lists(st.floats(-20, 20, allow_nan=False, width=32), min_size=2, max_size=40).map(
@@ -67,17 +68,17 @@ def test_bad_sampling_options(kwargs, message):
 def test_generate_feeds_every_token_but_the_stop_and_equals_a_plain_loop():
     model = tiny_model()
     prompt = [5, 9, 11]
-    cache = model.new_cache()
+    cache = new_cache(model)
     out = list(generate(model, prompt, cache, max_new_tokens=12))
     # the same greedy tokens from a loop that re-reads everything with a fresh cache each step
     ids = list(prompt)
     for _ in range(12):
-        ids.append(int(np.argmax(model.forward(ids, model.new_cache())[-1])))
+        ids.append(int(np.argmax(model.forward(ids, new_cache(model))[-1])))
     assert out == ids[len(prompt):]
     assert len(cache.retained()) == len(prompt) + 12  # every yielded token was fed
 
     stop = out[3]
-    cache = model.new_cache()
+    cache = new_cache(model)
     stopped = list(generate(model, prompt, cache, max_new_tokens=12, stop_ids={stop}))
     assert stopped == out[:out.index(stop) + 1]
     assert len(cache.retained()) == len(prompt) + len(stopped) - 1  # the stop id is not fed

@@ -18,6 +18,7 @@ import minisink
 from minisink import CacheError, ConfigError, InputError, LlamaConfig, WeightsError
 from minisink.model import rms_norm, silu, softmax
 from minisink.rope import apply_rope, rotation
+from minisink.spec import new_cache
 from tiny import tiny_config, tiny_model, write_tiny_checkpoint
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -175,8 +176,8 @@ def test_forward_matches_a_plain_float64_loop():
     model = tiny_model(seed=4, num_hidden_layers=2)
     ids = np.random.default_rng(4).integers(0, model.config.vocab_size, 12)
     expected = reference_forward(model, ids)
-    np.testing.assert_allclose(model.forward(ids, model.new_cache()), expected, atol=1e-4)
-    cache = model.new_cache()
+    np.testing.assert_allclose(model.forward(ids, new_cache(model)), expected, atol=1e-4)
+    cache = new_cache(model)
     decoded = np.concatenate([model.forward(ids[:3], cache)] + [model.forward([t], cache) for t in ids[3:]])
     np.testing.assert_allclose(decoded, expected, atol=1e-4)
 
@@ -184,11 +185,11 @@ def test_forward_matches_a_plain_float64_loop():
 def test_forward_accepts_lists_and_any_int_dtype():
     model = tiny_model()
     ids = [5, 17, 3, 96]
-    expected = model.forward(ids, model.new_cache())
+    expected = model.forward(ids, new_cache(model))
     assert expected.shape == (4, model.config.vocab_size) and expected.dtype == np.float32
     variants = [np.array(ids, dtype=np.int32), np.array(ids, dtype=np.uint8), tuple(ids), [np.int64(i) for i in ids]]
     for variant in variants:
-        assert np.array_equal(model.forward(variant, model.new_cache()), expected)
+        assert np.array_equal(model.forward(variant, new_cache(model)), expected)
 
 
 # ------------------------------------------------------------------------------------------------ config errors
@@ -279,7 +280,7 @@ def edit_tensors(ckpt, edit):
 
 def test_tiny_checkpoint_loads(ckpt):
     model = minisink.load_model(ckpt)
-    assert model.forward([1, 2, 3], model.new_cache()).shape == (3, 97)
+    assert model.forward([1, 2, 3], new_cache(model)).shape == (3, 97)
 
 
 def test_missing_tensor(ckpt):
@@ -406,10 +407,10 @@ def write_shards(ckpt):
 
 def test_sharded_checkpoint_loads_the_same(ckpt):
     model = minisink.load_model(ckpt)
-    expected = model.forward([1, 2, 3], model.new_cache())
+    expected = model.forward([1, 2, 3], new_cache(model))
     write_shards(ckpt)
     sharded = minisink.load_model(ckpt)
-    assert np.array_equal(sharded.forward([1, 2, 3], sharded.new_cache()), expected)
+    assert np.array_equal(sharded.forward([1, 2, 3], new_cache(sharded)), expected)
 
 
 def test_missing_shard(ckpt):
@@ -462,42 +463,45 @@ def model():
     (["a", "b"], r"must be integers"),
 ])
 def test_bad_token_ids(model, ids, match):
-    cache = model.new_cache()
+    cache = new_cache(model)
     with pytest.raises(InputError, match=match):
         model.forward(ids, cache)
     # a rejected call leaves the cache untouched: the next good call sees an empty cache
-    assert np.array_equal(model.forward([1, 2], cache), model.forward([1, 2], model.new_cache()))
+    assert np.array_equal(model.forward([1, 2], cache), model.forward([1, 2], new_cache(model)))
 
 
 # ------------------------------------------------------------------------------------------------ cache arguments
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_sink=-1, window=4), r"n_sink must be an integer >= 0.*got -1"),
-    (dict(n_sink=2, window=0), r"window must be an integer >= 1.*got 0"),
-    (dict(n_sink=2, window=-3), r"window must be an integer >= 1.*got -3"),
-    (dict(n_sink=2), r"a sink cache needs a window.*new_cache\(n_sink=2, window=W\)"),
-    (dict(recompute=True), r"recompute=True needs a window size"),
-    (dict(n_sink=2, recompute=True), r"recompute=True needs a window size"),
-    (dict(n_sink=1.5, window=4), r"n_sink must be an integer.*1\.5"),
-    (dict(n_sink=2, window=4.0), r"window must be an integer.*4\.0"),
-    (dict(n_sink="4", window=8), r"n_sink must be an integer.*'4'"),
-    (dict(n_sink=True, window=8), r"n_sink must be an integer.*True"),
-    (dict(window=2.5, recompute=True), r"window must be an integer >= 1.*2\.5"),
-    (dict(window=0, recompute=True), r"window must be an integer >= 1.*0"),
-    (dict(n_sink=-2, window=4, recompute=True), r"n_sink must be an integer >= 0.*-2"),
+@pytest.mark.parametrize("policy, kwargs, match", [
+    ("sink", dict(sinks=-1, window=4), r"n_sink must be an integer >= 0.*got -1"),
+    ("sink", dict(sinks=2, window=0), r"window must be an integer >= 1.*got 0"),
+    ("sink", dict(sinks=2, window=-3), r"window must be an integer >= 1.*got -3"),
+    ("sink", dict(sinks=2, budget=8), r"a budget goes with the h2o or tova policy"),  # sizes a policy does not take
+    ("dense", dict(window=4), r"the dense policy keeps every token: it takes neither sinks nor a window"),
+    ("window", dict(sinks=2), r"the window policy has no sinks"),
+    ("sink", dict(sinks=1.5, window=4), r"n_sink must be an integer.*1\.5"),
+    ("sink", dict(sinks=2, window=4.0), r"window must be an integer.*4\.0"),
+    ("sink", dict(sinks="4", window=8), r"n_sink must be an integer.*'4'"),
+    ("sink", dict(sinks=True, window=8), r"n_sink must be an integer.*True"),
+    ("recompute", dict(window=2.5), r"window must be an integer >= 1.*2\.5"),
+    ("recompute", dict(window=0), r"window must be an integer >= 1.*0"),
+    ("recompute", dict(sinks=-2, window=4), r"n_sink must be an integer >= 0.*-2"),
+    ("sliding", dict(), r"the cache policy must be one of dense, sink, window"),
 ])
-def test_bad_cache_arguments(model, kwargs, match):
+def test_bad_cache_arguments(model, policy, kwargs, match):
     with pytest.raises(CacheError, match=match):
-        model.new_cache(**kwargs)
+        new_cache(model, policy, **kwargs)
 
 
 def test_good_cache_arguments(model):
-    assert isinstance(model.new_cache(), minisink.FullCache)
-    assert isinstance(model.new_cache(window=4), minisink.SinkCache)  # n_sink omitted: plain window attention
-    assert isinstance(model.new_cache(n_sink=0, window=1), minisink.SinkCache)
-    assert isinstance(model.new_cache(n_sink=np.int64(4), window=np.int32(8)), minisink.SinkCache)
-    assert isinstance(model.new_cache(window=4, recompute=True), minisink.RecomputeWindow)
+    assert isinstance(new_cache(model), minisink.FullCache)
+    assert isinstance(new_cache(model, "window", window=4), minisink.SinkCache)  # n_sink omitted: plain window attention
+    assert isinstance(new_cache(model, "sink", sinks=0, window=1), minisink.SinkCache)
+    assert isinstance(new_cache(model, "sink", sinks=np.int64(4), window=np.int32(8)), minisink.SinkCache)
+    assert isinstance(new_cache(model, "recompute", window=4), minisink.RecomputeWindow)
+    defaults = new_cache(model, "sink", sinks=2), new_cache(model, "recompute"), new_cache(model, "window")
+    assert [(c.n_sink, c.window) for c in defaults] == [(2, 1022), (0, 1024), (0, 1024)]  # 1024 tokens in all
 
 
 def test_errors_are_value_errors():

@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 import minisink  # noqa: E402
 import minisink.model  # noqa: E402
+from minisink.spec import new_cache  # noqa: E402
 
 TOL = 1e-4  # max abs difference of logits, fp32 against fp32
 N_TOKENS = 40
@@ -81,11 +82,11 @@ def token_ids(vocab_size: int, n: int = N_TOKENS, seed: int = 0) -> list[int]:
 
 
 def prefill(model, ids) -> np.ndarray:
-    return model.forward(ids, model.new_cache())
+    return model.forward(ids, new_cache(model))
 
 
 def prefill_then_decode(model, ids, n_prefill: int = N_PREFILL) -> np.ndarray:
-    cache = model.new_cache()
+    cache = new_cache(model)
     out = [model.forward(ids[:n_prefill], cache)]
     out += [model.forward([t], cache) for t in ids[n_prefill:]]
     return np.concatenate(out)
@@ -129,7 +130,7 @@ def test_chunked_prefill_matches_transformers(saved, monkeypatch):
 def test_attention_probabilities_match_transformers(saved):
     hf, path, ids = saved
     model, probs = minisink.load_model(path), []
-    model.forward(ids, model.new_cache(), attention_probs=probs)
+    model.forward(ids, new_cache(model), attention_probs=probs)
     with torch.no_grad():
         theirs = hf(torch.tensor([ids]), output_attentions=True).attentions  # per layer [1, H, T, T]
     assert len(probs) == len(theirs) == hf.config.num_hidden_layers

@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from minisink.generate import Sampler, generate  # noqa: E402
+from minisink.spec import new_cache  # noqa: E402
 
 TOL = 1e-3  # max abs logits difference (logits reach about 30 in magnitude)
 PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening, lit the great lamp, and watched "
@@ -83,7 +84,7 @@ def test_weights_match_transformers_gguf_reading(real_model, hf_gguf_model):
 
 
 def test_prefill_matches_transformers(real_model, hf_gguf_model, prompt_ids):
-    ours = real_model.forward(prompt_ids, real_model.new_cache())
+    ours = real_model.forward(prompt_ids, new_cache(real_model))
     theirs = hf_logits(hf_gguf_model, prompt_ids)
     assert np.abs(theirs).max() > 10  # real logits, not a degenerate model
     assert max_diff(ours, theirs) <= TOL
@@ -91,7 +92,7 @@ def test_prefill_matches_transformers(real_model, hf_gguf_model, prompt_ids):
 
 def test_prefill_and_greedy_decode_match_transformers(real_model, hf_gguf_model, prompt_ids):
     """Prefill, then 10 greedy decode steps one token at a time; transformers runs prompt + output in one pass."""
-    cache = real_model.new_cache()
+    cache = new_cache(real_model)
     logits = [real_model.forward(prompt_ids, cache)]
     generated = []
     for _ in range(10):
@@ -121,7 +122,7 @@ def test_rope_permutation_trap_is_caught(real_model, hf_gguf_model, prompt_ids):
                                    qkv[q_rows + kv_rows:]])
         wrong.layers.append(dataclasses.replace(layer, qkv_proj=permuted))
     theirs = hf_logits(hf_gguf_model, prompt_ids)
-    assert max_diff(wrong.forward(prompt_ids, wrong.new_cache()), theirs) > 1e-1
+    assert max_diff(wrong.forward(prompt_ids, new_cache(wrong)), theirs) > 1e-1
     # and the permutation is exactly what weights_fetch undid: undoing it again restores the match
     unpermuted = wrong.layers[0].qkv_proj[:q_rows].reshape(c.num_attention_heads, c.head_dim // 2, 2, -1)
     assert np.array_equal(unpermuted.swapaxes(1, 2).reshape(q_rows, -1), real_model.layers[0].qkv_proj[:q_rows])
@@ -130,7 +131,7 @@ def test_rope_permutation_trap_is_caught(real_model, hf_gguf_model, prompt_ids):
 def test_greedy_chat_answer(real_model, real_tokenizer):
     ids = real_tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     eos = real_tokenizer.eos_token_id
-    out = list(generate(real_model, ids, real_model.new_cache(), max_new_tokens=30, sampler=Sampler(),
+    out = list(generate(real_model, ids, new_cache(real_model), max_new_tokens=30, sampler=Sampler(),
                         stop_ids={eos}))
     answer = real_tokenizer.decode([t for t in out if t != eos])
     assert "Paris" in answer, answer

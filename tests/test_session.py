@@ -24,6 +24,7 @@ from minisink import session
 from minisink.cli import main
 from minisink.generate import Chat, Sampler
 from minisink.session import SessionError
+from minisink.spec import new_cache
 from draws import examples
 from tiny import tiny_model, write_tiny_checkpoint
 
@@ -36,14 +37,15 @@ def stream(model, cache, chunks):
     return np.concatenate([model.forward(IDS[a:b], cache) for a, b in chunks])
 
 
-@pytest.mark.parametrize("sizes", [dict(n_sink=2, window=5), dict(n_sink=0, window=7), dict()],
+@pytest.mark.parametrize("sizes", [dict(policy="sink", sinks=2, window=5), dict(policy="window", window=7),
+                                   dict(policy="dense")],
                          ids=["sink", "window", "full"])
 def test_resume_in_a_new_process_gives_the_same_logits(tmp_path, sizes):
     """k chunks in one process == k/2 chunks, save, a new Python process loads the model and the file, k/2 chunks."""
     folder = write_tiny_checkpoint(tmp_path / "model")
     model = minisink.load_model(folder)
-    want = stream(model, model.new_cache(**sizes), CHUNKS)
-    cache = model.new_cache(**sizes)
+    want = stream(model, new_cache(model, **sizes), CHUNKS)
+    cache = new_cache(model, **sizes)
     first = stream(model, cache, CHUNKS[:4])
     session.save(tmp_path / "s.npz", model, cache, {"note": "half way"})
     code = f"""
@@ -62,7 +64,7 @@ np.save({str(tmp_path / 'rest.npy')!r}, np.concatenate([model.forward(ids[a:b], 
 
 def test_sink_session_has_constant_size(tmp_path):
     model, sizes = tiny_model(), []
-    cache = model.new_cache(n_sink=2, window=5)
+    cache = new_cache(model, "sink", sinks=2, window=5)
     for a, b in CHUNKS:
         model.forward(IDS[a:b], cache)
         sizes.append(session.save(tmp_path / "s.npz", model, cache).stat().st_size)
@@ -75,7 +77,7 @@ def test_chat_resumed_goes_on_as_if_it_never_stopped(tmp_path):
     turns = ["ab", "cd", "ef", "gh"]
 
     def new_chat():
-        return Chat(model, tok, model.new_cache(n_sink=2, window=9), Sampler(temperature=1.0, seed=3))
+        return Chat(model, tok, new_cache(model, "sink", sinks=2, window=9), Sampler(temperature=1.0, seed=3))
 
     whole = new_chat()
     want = [list(whole.say(t, max_new_tokens=6)) for t in turns]
@@ -117,7 +119,7 @@ class FakeTokenizer:
 def saved(tmp_path):
     """A tiny model and a sink-cache session of it, 25 tokens in."""
     model = tiny_model()
-    cache = model.new_cache(n_sink=2, window=5)
+    cache = new_cache(model, "sink", sinks=2, window=5)
     model.forward(IDS[:25], cache)
     path = session.save(tmp_path / "s.npz", model, cache, {"chat": {"turns": 1}})
     return model, cache, path
@@ -157,7 +159,7 @@ def test_sink_logits_are_part_of_the_identity(tmp_path):
     sigma = np.random.default_rng(3).normal(0, 1, (c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
     ids = np.random.default_rng(4).integers(0, c.vocab_size, 30)
     model.sink_logits = sigma
-    cache = model.new_cache(n_sink=2, window=8)
+    cache = new_cache(model, "sink", sinks=2, window=8)
     model.forward(ids[:20], cache)
     path = session.save(tmp_path / "s.npz", model, cache)
     model.sink_logits = None
@@ -170,7 +172,7 @@ def test_sink_logits_are_part_of_the_identity(tmp_path):
     model.sink_values = None
     loaded, _ = session.load(path, model)
     np.testing.assert_array_equal(model.forward(ids[20:], loaded), model.forward(ids[20:], cache))
-    plain = session.save(tmp_path / "p.npz", model := tiny_model(), model.new_cache(n_sink=2, window=8))
+    plain = session.save(tmp_path / "p.npz", model := tiny_model(), new_cache(model, "sink", sinks=2, window=8))
     model.sink_logits = sigma
     refused(plain, model, "saved without sink logits, and this model has some")
 
@@ -253,7 +255,7 @@ def test_fuzzed_files_are_refused_or_load_exactly(saved, data):
 def test_only_sink_and_full_caches_are_saved(tmp_path):
     model = tiny_model()
     with pytest.raises(SessionError, match="only a SinkCache or a FullCache"):
-        session.save(tmp_path / "s.npz", model, model.new_cache(window=4, recompute=True))
+        session.save(tmp_path / "s.npz", model, new_cache(model, "recompute", window=4))
     assert not list(tmp_path.iterdir())
 
 
@@ -264,8 +266,9 @@ import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from tiny import tiny_model
 from minisink import session
+from minisink.spec import new_cache
 model = tiny_model()
-cache = model.new_cache(n_sink=2, window=3000)  # about 1.5 MB: a save takes a while
+cache = new_cache(model, "sink", sinks=2, window=3000)  # about 1.5 MB: a save takes a while
 ids = np.random.default_rng(0).integers(0, 97, 10**6)
 for i in range(10**6):
     model.forward(ids[i:i + 1], cache)
@@ -279,7 +282,7 @@ def test_kill_9_during_saves_leaves_a_whole_session(tmp_path):
     states (rebuilt here by feeding the same tokens)."""
     model, path, rng = tiny_model(), tmp_path / "s.npz", np.random.default_rng(7)
     ids = np.random.default_rng(0).integers(0, 97, 10**6)
-    fed, cache, mid_save = 0, model.new_cache(n_sink=2, window=3000), 0
+    fed, cache, mid_save = 0, new_cache(model, "sink", sinks=2, window=3000), 0
     for _ in range(5):
         child = subprocess.Popen([sys.executable, "-c", SAVER.format(tests=str(ROOT / "tests"), path=str(path))],
                                  stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -291,7 +294,7 @@ def test_kill_9_during_saves_leaves_a_whole_session(tmp_path):
         loaded, extra = session.load(path, model)
         i = extra["i"]
         if i + 1 < fed:  # each child starts again from token 0
-            fed, cache = 0, model.new_cache(n_sink=2, window=3000)
+            fed, cache = 0, new_cache(model, "sink", sinks=2, window=3000)
         for t in range(fed, i + 1):  # one token at a time, as the child did (a chunk rounds differently)
             model.forward(ids[t:t + 1], cache)
         fed = i + 1
@@ -344,7 +347,7 @@ def test_cli_chat_session_resumes_across_runs(real_model_dir, tmp_path, monkeypa
 # ---- two processes on one file, symbolic links, crafted headers (issue 22) ------------------------------------------
 
 def chat_of(model, tok, seed=3):
-    return Chat(model, tok, model.new_cache(n_sink=2, window=9), Sampler(temperature=1.0, seed=seed))
+    return Chat(model, tok, new_cache(model, "sink", sinks=2, window=9), Sampler(temperature=1.0, seed=seed))
 
 
 def test_a_second_writer_is_refused_and_no_turn_is_lost(tmp_path):
@@ -473,5 +476,5 @@ def test_crafted_headers_are_a_session_error(chat_file, edits):
 def test_extra_state_that_is_not_json_is_refused_at_save(tmp_path):
     model = tiny_model()
     with pytest.raises(SessionError, match="plain JSON"):
-        session.save(tmp_path / "s.npz", model, model.new_cache(n_sink=2, window=4), {"x": math.nan})
+        session.save(tmp_path / "s.npz", model, new_cache(model, "sink", sinks=2, window=4), {"x": math.nan})
     assert list(tmp_path.iterdir()) == []

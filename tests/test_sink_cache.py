@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from minisink import CacheError, SinkCache
 from minisink.reference import ExplicitSinkCache as ReferenceSinkCache
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 TOL = 1e-5
@@ -151,8 +152,8 @@ def expected_retained(seen, S, W):
 def test_p1_fits_equals_full_cache(stream, renumber):
     """P1: while t + 1 <= S + W nothing is evicted, so the sink cache is dense attention (the full cache)."""
     m = model(stream.model)
-    sink = feed(m, m.new_cache(n_sink=stream.S, window=stream.W, renumber=renumber), stream)
-    full = m.forward(stream.tokens, m.new_cache())
+    sink = feed(m, new_cache(m, "sink", sinks=stream.S, window=stream.W, renumber=renumber), stream)
+    full = m.forward(stream.tokens, new_cache(m))
     assert_close(sink, full, "sink vs full")
 
 
@@ -163,9 +164,9 @@ def test_p2_equals_reference(stream, renumber):
     the sink cache is fed one token at a time or in chunks; with renumber=False too (positions in the text)."""
     m = model(stream.model)
     want = reference(m, stream, renumber)
-    step = one_at_a_time(m, m.new_cache(n_sink=stream.S, window=stream.W, renumber=renumber), stream.tokens)
+    step = one_at_a_time(m, new_cache(m, "sink", sinks=stream.S, window=stream.W, renumber=renumber), stream.tokens)
     assert_close(step, want, "sink one at a time vs reference")
-    chunked = feed(m, m.new_cache(n_sink=stream.S, window=stream.W, renumber=renumber), stream)
+    chunked = feed(m, new_cache(m, "sink", sinks=stream.S, window=stream.W, renumber=renumber), stream)
     assert_close(chunked, want, "sink chunked vs reference")
 
 
@@ -175,8 +176,8 @@ def test_p3_chunking_invariance(stream, renumber):
     """P3: any chunking gives the logits of one token at a time (keys join the cache only at the chunk's end, and
     a chunk longer than W evicts inside itself)."""
     m = model(stream.model)
-    chunked = feed(m, m.new_cache(n_sink=stream.S, window=stream.W, renumber=renumber), stream)
-    step = one_at_a_time(m, m.new_cache(n_sink=stream.S, window=stream.W, renumber=renumber), stream.tokens)
+    chunked = feed(m, new_cache(m, "sink", sinks=stream.S, window=stream.W, renumber=renumber), stream)
+    step = one_at_a_time(m, new_cache(m, "sink", sinks=stream.S, window=stream.W, renumber=renumber), stream.tokens)
     assert_close(chunked, step, "chunked vs one at a time")
 
 
@@ -187,7 +188,7 @@ def test_p4_retained_and_fixed_storage(stream):
     chunk attended to exactly min(t + 1, S + W) keys in every layer; the storage never grows or moves."""
     m = model(stream.model)
     S, W = stream.S, stream.W
-    cache = m.new_cache(n_sink=S, window=W)
+    cache = new_cache(m, "sink", sinks=S, window=W)
     assert isinstance(cache, SinkCache)
     assert cache.retained().tolist() == []
     keys, values = cache.keys, cache.values
@@ -219,9 +220,9 @@ def test_p5_large_position_offset(stream, renumber, offset):
     and a fresh cache's at offset 0: scores depend on distances only, and distances within the cache are bounded."""
     m = model(stream.model)
     S, W = stream.S, stream.W
-    far = feed(m, m.new_cache(n_sink=S, window=W, renumber=renumber, position_offset=offset), stream)
+    far = feed(m, new_cache(m, "sink", sinks=S, window=W, renumber=renumber, position_offset=offset), stream)
     assert_close(far, reference(m, stream, renumber, offset), f"offset {offset} vs reference at the same offset")
-    near = feed(m, m.new_cache(n_sink=S, window=W, renumber=renumber), stream)
+    near = feed(m, new_cache(m, "sink", sinks=S, window=W, renumber=renumber), stream)
     assert_close(far, near, f"offset {offset} vs offset 0")
 
 
@@ -231,8 +232,8 @@ def test_window_attention_renumbering_changes_nothing(stream, offset):
     nothing, RoPE being shift invariant. With sinks it would: they then sit at a growing distance."""
     m = model(stream.model)
     for position_offset in (0, offset):
-        renumbered = feed(m, m.new_cache(window=stream.W, position_offset=position_offset), stream)
-        kept = feed(m, m.new_cache(n_sink=0, window=stream.W, renumber=False, position_offset=position_offset),
+        renumbered = feed(m, new_cache(m, "window", window=stream.W, position_offset=position_offset), stream)
+        kept = feed(m, new_cache(m, "sink", sinks=0, window=stream.W, renumber=False, position_offset=position_offset),
                     stream)
         assert_close(renumbered, kept, f"renumber vs not, offset {position_offset}")
 
@@ -242,20 +243,21 @@ def test_renumbering_matters_with_sinks():
     (Shows the flag is not a no-op; P2 shows each setting matches its own reference.)"""
     m = model("L3-H6-KV2")
     tokens = np.random.default_rng(0).integers(0, VOCAB, 60)
-    a = m.forward(tokens, m.new_cache(n_sink=4, window=8))
-    b = m.forward(tokens, m.new_cache(n_sink=4, window=8, renumber=False))
+    a = m.forward(tokens, new_cache(m, "sink", sinks=4, window=8))
+    b = m.forward(tokens, new_cache(m, "sink", sinks=4, window=8, renumber=False))
     assert_close(a[:12], b[:12], "before eviction")
     assert np.abs(a[12:] - b[12:]).max() > 1e-3
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_sink=-1, window=4), dict(n_sink=4, window=0), dict(n_sink=0, window=-3),
-                                    dict(n_sink=4), dict(n_sink=1.5, window=4), dict(n_sink=2, window=True),
-                                    dict(window=0, recompute=True), dict(n_sink=-1, window=4, recompute=True)])
-def test_validation(kwargs):
+@pytest.mark.parametrize("policy, kwargs", [
+    ("sink", dict(sinks=-1, window=4)), ("sink", dict(sinks=4, window=0)), ("sink", dict(sinks=0, window=-3)),
+    ("window", dict(sinks=4)), ("sink", dict(sinks=1.5, window=4)), ("sink", dict(sinks=2, window=True)),
+    ("recompute", dict(window=0)), ("recompute", dict(sinks=-1, window=4))])
+def test_validation(policy, kwargs):
     """S >= 0 and W >= 1 (the current token is in the window): anything else is refused at construction."""
     m = model("L1-H6-KV2")
     with pytest.raises(CacheError):
-        m.new_cache(**kwargs)
+        new_cache(m, policy, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,8 +282,8 @@ SHORT = dict(S=st.integers(0, 8), W=st.integers(1, 24))  # recompute is O(W^2) p
 def test_recompute_equals_sink_cache_on_one_layer(stream):
     m = model(stream.model)
     S, W = stream.S, stream.W
-    sink = feed(m, m.new_cache(n_sink=S, window=W), stream)
-    cache = m.new_cache(n_sink=S, window=W, recompute=True) if S else m.new_cache(window=W, recompute=True)
+    sink = feed(m, new_cache(m, "sink", sinks=S, window=W), stream)
+    cache = new_cache(m, "recompute", sinks=S, window=W) if S else new_cache(m, "recompute", window=W)
     recompute = feed(m, cache, stream)
     assert_close(recompute, sink, "recompute vs sink cache, one layer")
 
@@ -291,8 +293,8 @@ def test_recompute_equals_sink_cache_on_one_layer(stream):
 def test_recompute_differs_from_sink_cache_after_eviction(stream):
     m = model(stream.model)
     S, W = stream.S, stream.W
-    sink = feed(m, m.new_cache(n_sink=S, window=W), stream)
-    recompute = feed(m, m.new_cache(n_sink=S, window=W, recompute=True), stream)
+    sink = feed(m, new_cache(m, "sink", sinks=S, window=W), stream)
+    recompute = feed(m, new_cache(m, "recompute", sinks=S, window=W), stream)
     assert_close(recompute[:S + W], sink[:S + W], "before eviction")
     if W == 1:
         assert_close(recompute, sink, "W = 1: nothing to rebuild")
@@ -312,7 +314,7 @@ def test_recompute_retained(stream):
     def check(cache, seen, probs):
         assert cache.retained().tolist() == expected_retained(seen, S, W), f"after {seen} tokens"
 
-    feed(m, m.new_cache(n_sink=S, window=W, recompute=True), stream, after_chunk=check)
+    feed(m, new_cache(m, "recompute", sinks=S, window=W), stream, after_chunk=check)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,9 +362,9 @@ def nll(logits, next_ids):
 def test_real_fits_equals_full_cache(real_model, prose_ids):
     """P1 on SmolLM2: 64 = S + W tokens fed in three chunks equal dense attention."""
     m, ids = real_model, prose_ids[:REAL_S + REAL_W]
-    cache = m.new_cache(n_sink=REAL_S, window=REAL_W)
+    cache = new_cache(m, "sink", sinks=REAL_S, window=REAL_W)
     sink = np.concatenate([m.forward(ids[a:b], cache) for a, b in [(0, 10), (10, 41), (41, 64)]])
-    assert_close(sink, m.forward(ids, m.new_cache()), "real: sink vs full")
+    assert_close(sink, m.forward(ids, new_cache(m)), "real: sink vs full")
 
 
 @pytest.mark.real
@@ -370,7 +372,7 @@ def test_real_equals_reference(real_model, prose_ids):
     """P2 on SmolLM2: 250 tokens (186 past the first eviction), the ring buffer fed in four chunks (one longer than
     W, one of a single token) equals the reference fed one token at a time."""
     m, ids = real_model, prose_ids
-    cache = m.new_cache(n_sink=REAL_S, window=REAL_W)
+    cache = new_cache(m, "sink", sinks=REAL_S, window=REAL_W)
     bounds = [0, 50, 51, 130, 250]
     sink = np.concatenate([m.forward(ids[a:b], cache) for a, b in zip(bounds, bounds[1:])])
     assert cache.retained().tolist() == expected_retained(250, REAL_S, REAL_W)
@@ -384,9 +386,9 @@ def test_real_recompute_vs_sink_cache(real_model, prose_ids):
     before the first eviction, different after it (retained keys rebuilt vs kept), with similar perplexity."""
     m, ids = real_model, prose_ids[:150]
     S, W = REAL_S, REAL_W
-    sink = m.forward(ids, m.new_cache(n_sink=S, window=W))
-    recompute = m.forward(ids, m.new_cache(n_sink=S, window=W, recompute=True))
-    full = m.forward(ids, m.new_cache())
+    sink = m.forward(ids, new_cache(m, "sink", sinks=S, window=W))
+    recompute = m.forward(ids, new_cache(m, "recompute", sinks=S, window=W))
+    full = m.forward(ids, new_cache(m))
     assert_close(recompute[:S + W], sink[:S + W], "real: recompute vs sink before eviction")
 
     evicted = slice(S + W, len(ids) - 1)  # queries that have lost a token, predicting the next one

@@ -16,6 +16,7 @@ from minisink import InputError
 from minisink.cache import KVBlock, MASKED
 from minisink.evaluate import stream_nll
 from minisink.model import attention
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 
@@ -131,14 +132,15 @@ def test_sink_value_joins_the_numerator(case):
 def test_model_sink_logits_minus_inf_changes_nothing_and_zero_does():
     model = tiny_model()
     ids = np.random.default_rng(1).integers(0, 97, 40)
-    plain = model.forward(ids, model.new_cache())
+    plain = model.forward(ids, new_cache(model))
     model.sink_logits = np.full((3, 6), -np.inf, np.float32)
-    assert np.array_equal(model.forward(ids, model.new_cache()), plain)
+    assert np.array_equal(model.forward(ids, new_cache(model)), plain)
     model.sink_logits = np.zeros((3, 6), np.float32)
-    assert not np.allclose(model.forward(ids, model.new_cache()), plain, atol=1e-3)
+    assert not np.allclose(model.forward(ids, new_cache(model)), plain, atol=1e-3)
 
 
-@pytest.mark.parametrize("cache", [dict(), dict(n_sink=2, window=9), dict(n_sink=0, window=7)])
+@pytest.mark.parametrize("cache", [dict(policy="dense"), dict(policy="sink", sinks=2, window=9),
+                                   dict(policy="window", window=7)])
 def test_sink_logits_work_with_every_cache_chunked_equals_token_by_token(cache):
     """The fast evaluator's chunks give the NLLs of token-by-token streaming with sink logits too."""
     model = tiny_model(seed=2)
@@ -146,8 +148,8 @@ def test_sink_logits_work_with_every_cache_chunked_equals_token_by_token(cache):
     model.sink_logits = rng.normal(0, 1, (3, 6)).astype(np.float32)
     model.sink_values = rng.standard_normal((3, 6, 8)).astype(np.float32)
     ids = rng.integers(0, 97, 60)
-    one = stream_nll(model, ids, model.new_cache(**cache), chunk=1)
-    many = stream_nll(model, ids, model.new_cache(**cache), chunk=16)
+    one = stream_nll(model, ids, new_cache(model, **cache), chunk=1)
+    many = stream_nll(model, ids, new_cache(model, **cache), chunk=16)
     np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
 
 
@@ -179,8 +181,8 @@ def test_forward_together_uses_the_sink_logits_and_values():
     rng = np.random.default_rng(0)
     model.sink_logits = rng.normal(size=(c.num_hidden_layers, c.num_attention_heads)).astype(np.float32)
     model.sink_values = rng.normal(size=(c.num_hidden_layers, c.num_attention_heads, c.head_dim)).astype(np.float32)
-    together = [model.new_cache(n_sink=2, window=4) for _ in range(2)]
-    alone = [model.new_cache(n_sink=2, window=4) for _ in range(2)]
+    together = [new_cache(model, "sink", sinks=2, window=4) for _ in range(2)]
+    alone = [new_cache(model, "sink", sinks=2, window=4) for _ in range(2)]
     for t in rng.integers(0, c.vocab_size, 12):
         got = forward_together(model, [t, t], together)
         want = np.stack([model.forward([t], cache)[0] for cache in alone])

@@ -14,7 +14,10 @@ import pytest
 
 from minisink import streameval as se
 from minisink import tune
-from minisink.evaluate import kv_bytes_per_token, perplexity, stream_nll
+from minisink.cache import kv_bytes_per_token
+from minisink.evaluate import perplexity, stream_nll
+from minisink.cli import CACHE_POLICIES
+from minisink.spec import CacheSpec, new_cache
 from tiny import tiny_model
 
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))  # 96 symbols: fits the tiny vocabulary of 97
@@ -64,17 +67,22 @@ def test_lines_question_asks_about_the_line_distance_back(distance):
         assert f"line {target}: REGISTER_CONTENT is <{value}>" in lines
 
 
-@pytest.mark.parametrize("policy", se.POLICIES)
+SPECS = {"dense": {}, "window": dict(window=32), "sink": dict(sinks=2, window=30),  # 32 tokens, for each policy
+         "recompute": dict(sinks=2, window=30), "h2o": dict(budget=32), "tova": dict(budget=32)}
+
+
+@pytest.mark.parametrize("policy", CACHE_POLICIES)
 def test_every_policy_answers_greedily_along_the_stream(policy, tmp_path):
     """Each answer is the argmax continuation of the stream so far under the policy's cache: the first answer of
     a dense run equals greedy decoding after a direct forward of the same ids."""
     m, tok = tiny_model(), CharTokenizer()
-    results = se.run_streameval(m, tok, "passkey", policy, sinks=2, window=30, distance=40, queries=2, seed=3)
+    spec = CacheSpec.parse(policy, **SPECS[policy])
+    results = se.run_streameval(m, tok, "passkey", spec, distance=40, queries=2, seed=3)
     assert [q.index for q in results] == [0, 1] and results[0].position < results[1].position
     ids, key, _ = next(se.passkey_pieces(tok, 40, 1, np.random.default_rng(3)))
     assert results[0].expected == key and results[0].position == len(ids)
     if policy == "dense":
-        cache = m.new_cache()
+        cache = new_cache(m)
         logits, answer = m.forward(np.array(ids), cache)[-1], []
         for _ in range(se.ANSWER_TOKENS):
             answer.append(int(np.argmax(logits)))
@@ -97,7 +105,7 @@ def test_tune_sweep_within_budget_equals_stream_nll():
     assert seen[-1] == (9, 9) and {s.sinks + s.window for s in settings} == {64, 128, 200}
     assert all(s.memory_mb <= budget_mb + 1e-9 for s in settings)
     one = next(s for s in settings if s.sinks == 4 and s.window == 124)
-    assert one.perplexity == pytest.approx(perplexity(stream_nll(m, ids, m.new_cache(n_sink=4, window=124), 1)),
+    assert one.perplexity == pytest.approx(perplexity(stream_nll(m, ids, new_cache(m, "sink", sinks=4, window=124), 1)),
                                            rel=1e-6)
     front = tune.pareto(settings)
     for s in settings:  # nothing outside the front beats a member of it
@@ -142,10 +150,10 @@ def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
     ids = np.asarray([int(w[1:]) + 1 for w in text.read_text().split()[:60]])
     for budget in (8, 16):
         with np.load(tmp_path / f"h2o_{budget}.npz") as z:
-            want = stream_nll(m, ids, m.new_cache(policy="h2o", budget=budget), chunk=1)
+            want = stream_nll(m, ids, new_cache(m, "h2o", budget=budget), chunk=1)
             np.testing.assert_allclose(z["nll"], want, atol=1e-5)
             assert str(z["mode"]) == "h2o" and int(z["window"]) == budget and int(z["heavy"]) == budget // 2
-    with pytest.raises(SystemExit, match="--budget and --heavy go with --mode h2o or tova"):
+    with pytest.raises(SystemExit, match="--budget and --heavy go with --policy h2o or tova"):
         main(["ppl", "--model", str(path), "--text", str(text), "--mode", "sink", "--budget", "8"])
 
 
@@ -202,7 +210,7 @@ def test_a_stream_too_large_for_memory_is_refused_before_it_is_built(task, polic
     tracemalloc.start()
     try:
         with pytest.raises(ValueError, match=r"stream of about [\d,]+ tokens .* lower --distance or --queries") as e:
-            se.run_streameval(model, CharTokenizer(), task, policy, distance=distance)
+            se.run_streameval(model, CharTokenizer(), task, CacheSpec.parse(policy), distance=distance)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -212,10 +220,10 @@ def test_a_stream_too_large_for_memory_is_refused_before_it_is_built(task, polic
 
 
 def test_a_stream_that_fits_is_not_refused():
-    se.check_plan(tiny_model().config, CharTokenizer(), "passkey", "sink", 4, 252, 10**6, 10, available=8 << 30)
+    sink = CacheSpec.parse("sink", sinks=4, window=252)
+    se.check_plan(tiny_model().config, CharTokenizer(), "passkey", sink, 10**6, 10, available=8 << 30)
     with pytest.raises(ValueError, match=r"more than 50% of the 0.1 GiB available"):
-        se.check_plan(tiny_model().config, CharTokenizer(), "passkey", "sink", 4, 252, 2 * 10**6, 10,
-                      available=100 << 20)
+        se.check_plan(tiny_model().config, CharTokenizer(), "passkey", sink, 2 * 10**6, 10, available=100 << 20)
 
 
 def test_tune_budget_beyond_memory_is_refused_at_once():

@@ -7,6 +7,7 @@ import pytest
 from minisink import bench
 from minisink.generate import generate
 from minisink.threads import ThreadChooser, blas_threads, candidate_threads, decode_threads
+from minisink.spec import new_cache
 from tiny import tiny_model
 
 QUIET = {1: 0.045, 2: 0.030}  # seconds per step: alone, 2 threads are faster (1 thread ~45% slower)
@@ -93,8 +94,8 @@ def test_candidates():
 def test_decode_restores_the_blas_threads_and_gives_the_same_tokens(threads):
     model, before = tiny_model(), blas_threads()
     prompt = np.arange(3, 12)
-    want = list(generate(model, prompt, model.new_cache(), 40, threads=None))
-    assert list(generate(model, prompt, model.new_cache(), 40, threads=threads)) == want
+    want = list(generate(model, prompt, new_cache(model), 40, threads=None))
+    assert list(generate(model, prompt, new_cache(model), 40, threads=threads)) == want
     assert blas_threads() == before
     with pytest.raises(RuntimeError), decode_threads(threads) as step:
         with step():
@@ -110,7 +111,7 @@ def test_one_or_two_threads_give_bitwise_the_same_logits(real_model):
     out = []
     for n in (1, 2):
         with decode_threads(n) as step:
-            cache = real_model.new_cache(n_sink=4, window=8)
+            cache = new_cache(real_model, "sink", sinks=4, window=8)
             logits = [real_model.forward(ids[:12], cache)]
             for t in ids[12:]:
                 with step():

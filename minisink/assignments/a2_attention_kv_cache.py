@@ -138,8 +138,8 @@ def check_model():
     for seed in range(3):
         sizes, model, raw, _, ids = model_case(seed, n=14)
         got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=[5, 1, 8], plug=["attention", "FullCache"],
-                        new_cache=True)
-        close("logits through model.new_cache() with your attention and FullCache", got["logits"],
+                        new_cache="dense")
+        close("logits through new_cache(model) with your attention and FullCache", got["logits"],
               model.forward(ids, FullCache(model.config)), 1e-4, f"tiny model {sizes}, chunks [5, 1, 8], seed={seed}")
 
 
@@ -150,5 +150,5 @@ CHECKS = [
     ("FullCache: prefill + decode equals transformers' LlamaForCausalLM", check_full_cache_transformers),
     ("FullCache: any chunking gives the one-shot logits; retained() is every token", check_full_cache_chunking),
     ("FullCache: position_offset=10**7 changes nothing", check_full_cache_offset),
-    ("your attention and FullCache plugged into model.new_cache() give the reference logits", check_model),
+    ("your attention and FullCache plugged into new_cache(model) give the reference logits", check_model),
 ]

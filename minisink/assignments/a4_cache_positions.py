@@ -41,9 +41,9 @@ def check_far_positions():
 
 def check_new_cache():
     for sizes, seed, model, ids, S, W, chunks, where in sink_cases(3, True, seed0=100):
-        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks, plug=["SinkCache"], new_cache=True,
-                        cache_args=dict(n_sink=S, window=W))
-        close("logits through model.new_cache(n_sink, window)", got["logits"],
+        got = yield run("model", sizes=sizes, seed=seed, ids=ids, chunks=chunks, plug=["SinkCache"], new_cache="sink",
+                        cache_args=dict(sinks=S, window=W))
+        close("logits through new_cache(model, 'sink', sinks=S, window=W)", got["logits"],
               feed(model, ids, ExplicitSinkCache(model.config, S, W)), 1e-4, where + f", chunks {chunks}")
 
 
@@ -54,5 +54,6 @@ CHECKS = [
     ("SinkCache: any chunking equals the explicit cache", check_cache_positions_chunked),
     ("SinkCache: at position_offset=10**7 it still equals the explicit cache (no drift)", check_far_positions),
     ("SinkCache(renumber=False) still equals the explicit cache at text positions", check_text_positions_chunked),
-    ("your SinkCache plugged into model.new_cache(n_sink, window) gives the reference logits", check_new_cache),
+    ("your SinkCache plugged into minisink's new_cache(model, 'sink', sinks=S, window=W) gives the reference "
+     "logits", check_new_cache),
 ]

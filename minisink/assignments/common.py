@@ -101,14 +101,17 @@ def feed(model, ids, cache, chunks=None) -> np.ndarray:
 # --- a task shared by assignments 1-4: a tiny model fed through a cache, in the child --------------------------
 
 def run_model(ctx, sizes: dict, seed: int, ids, chunks=None, plug=(), cache="FullCache", cache_args=None,
-              new_cache=False):
+              new_cache=None):
     """Logits of tiny_model(seed, **sizes) fed `ids` in `chunks`, with the student's objects named in `plug` used
-    by minisink itself; the cache is `cache` (the student's class if plugged) or, with `new_cache`,
-    model.new_cache(**cache_args). Also returns the cache's retained() after the last chunk."""
+    by minisink itself; the cache is `cache` (the student's class if plugged) or, with `new_cache` a policy name,
+    minisink's factory's: minisink.spec.new_cache(model, new_cache, **cache_args). Also returns the cache's
+    retained() after the last chunk."""
+    from minisink import spec
+
     model = tiny_model(seed, **sizes)[0]
     with ctx.plugged(*plug):
         if new_cache:
-            c = model.new_cache(**(cache_args or {}))
+            c = spec.new_cache(model, new_cache, **(cache_args or {}))
         else:
             cls = getattr(ctx.student, cache) if cache in plug else _library(ctx, cache)
             c = cls(model.config, **(cache_args or {}))
