@@ -30,6 +30,7 @@ the start of the first part and `minisink calibrate` reads the second.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,7 +254,7 @@ def set_sink_logits(model, sink_logits: str | None, sink_value: bool = False) ->
         c = model.config
         model.sink_logits = np.zeros((c.num_hidden_layers, c.num_attention_heads), dtype=np.float32)
         return None
-    calibration = load_sink_file(sink_logits)
+    calibration = load_sink_file(sink_logits, model.config, values=sink_value)  # this model's shapes, checked
     model.sink_logits = calibration["sink_logits"]
     if sink_value:
         model.sink_values = calibration["sink_values"]
@@ -274,10 +275,23 @@ def encode_prefix(tokenizer, pieces: list[str]) -> list[int]:
 def check_split(calibration: dict | None, sink_file: str, source: str, scored_chars: int):
     """Refuse to score the characters the sink logits of `sink_file` were calibrated on (see `split_text`)."""
     cal = calibration
-    if cal is not None and cal.get("source") == source and scored_chars > cal.get("char_start", 0):
+    if cal is not None and same_text(cal.get("source"), source) and scored_chars > cal.get("char_start", 0):
         raise CalibrationError(f"{sink_file} was calibrated on {source} from character {cal['char_start']}, "
                                f"and this run scores its first {scored_chars} characters: score fewer tokens "
                                "(--tokens) or calibrate on another text")
+
+
+def same_text(a, b) -> bool:
+    """Whether two text sources name the same text: the same string, or paths to the same file (`./t.txt` and
+    `/abs/t.txt`; a calibration file written before sources were resolved holds the path as typed)."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:  # a file that is gone, or a source that is not a path ("kjv (...)")
+        return False
 
 
 def sink_notes(sink_logits: str | None, calibration: dict | None, sink_value: bool, prefix) -> list[str]:

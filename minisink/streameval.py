@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ PREAMBLE = ("There is an important pass key hidden inside a lot of irrelevant te
 LEAD = 24  # passkey: filler tokens before each key
 QUERY_EVERY = 10  # lines: a question after every 10 lines
 ANSWER_TOKENS = 8  # greedy tokens generated per answer (a 5-digit key is 5 digit tokens, plus a space or "<")
+PROGRESS_SECONDS = 10  # a progress line this often within a long piece
 LINES_PER_ENCODE = 256  # lines: lines encoded per tokenizer call (a line ends in "\n": no token spans two lines)
 MEMORY_SHARE = 0.5  # a stream may take at most this share of the available memory
 BYTES_PER_ID = 32  # a piece's token ids held at once: a list (8 B a slot), its int64 array, and a copy while joined
@@ -67,10 +69,14 @@ class Query:
     correct: bool
 
 
-def feed(model, cache, ids, chunk: int) -> np.ndarray:
-    """Feed ids [T] in chunks of `chunk`; the logits of the last one [V]."""
+def feed(model, cache, ids, chunk: int, progress: Callable[[str], None] | None = None, what: str = "") -> np.ndarray:
+    """Feed ids [T] in chunks of `chunk`; the logits of the last one [V]. `progress(message)` now and then."""
+    last = time.perf_counter()
     for start in range(0, len(ids), chunk):
         logits = model.forward(ids[start:start + chunk], cache)
+        if progress and time.perf_counter() - last > PROGRESS_SECONDS:
+            progress(f"{what}{min(start + chunk, len(ids)):,} of {len(ids):,} tokens fed")
+            last = time.perf_counter()
     return logits[-1]
 
 
@@ -168,9 +174,11 @@ def check_plan(config, tok, task: str, spec: CacheSpec, distance: int, queries: 
 
 
 def run_streameval(model, tok, task: str, spec: CacheSpec, distance: int = 100, queries: int = 10, seed: int = 0,
-                   report: Callable[[Query, int, int], None] | None = None) -> list[Query]:
+                   report: Callable[[Query, int, int], None] | None = None,
+                   progress: Callable[[str], None] | None = None) -> list[Query]:
     """Stream the task through the cache of `spec` (minisink/spec.py), answering each question greedily;
-    `report(query, right, asked)` after each. Returns every query."""
+    `report(query, right, asked)` after each, `progress(message)` every PROGRESS_SECONDS within a long one (a
+    --distance of millions of tokens takes hours). Returns every query; Ctrl-C stops it between two chunks."""
     check_plan(model.config, tok, task, spec, distance, queries)
     cache = new_cache(model, spec)
     chunk = 1 if getattr(cache, "wants_attention", False) else PREFILL_CHUNK  # h2o, tova decide per token
@@ -178,7 +186,7 @@ def run_streameval(model, tok, task: str, spec: CacheSpec, distance: int = 100, 
     pieces = make_pieces(tok, distance, queries, np.random.default_rng(seed))
     out, position, right = [], 0, 0
     for i, (ids, expected, dist) in enumerate(pieces):
-        logits = feed(model, cache, np.asarray(ids), chunk)
+        logits = feed(model, cache, np.asarray(ids), chunk, progress, f"query {i + 1}/{queries}: ")
         position += len(ids)
         answer = []
         for _ in range(ANSWER_TOKENS):  # greedy; the answer joins the stream, as in a conversation

@@ -146,12 +146,43 @@ def test_ppl_refuses_to_score_the_calibration_text(checkpoint, text, tmp_path, c
         run(capsys, *main_ppl)
 
 
-@pytest.mark.parametrize("extra, message", [(["--sink-value"], "--sink-value needs --sink-logits FILE"),
-                                            (["--sink-logits", "zero", "--sink-value"], "--sink-value needs"),
-                                            (["--sink-logits", "missing.npz"], "cannot read sink logits")])
-def test_sink_flag_errors(checkpoint, text, extra, message, capsys):  # noqa: F811
-    with pytest.raises(SystemExit, match=message):
+@pytest.mark.parametrize("extra, code, message", [
+    (["--sink-value"], 2, "--sink-value needs --sink-logits FILE"),  # usage: flags that do not go together
+    (["--sink-logits", "zero", "--sink-value"], 2, "--sink-value needs"),
+    (["--sink-logits", "missing.npz"], 1, "cannot read sink logits"),  # the input is wrong
+])
+def test_sink_flag_errors(checkpoint, text, extra, code, message, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as e:
         run(capsys, "ppl", "--model", checkpoint, "--text", text, "--tokens", 50, *extra)
+    assert e.value.code == code if code == 2 else message in str(e.value.code)
+    assert code == 1 or message in capsys.readouterr().err
+
+
+def test_bad_sink_files_end_in_one_line_and_exit_1(checkpoint, text, tmp_path, capsys):  # noqa: F811
+    """Issue 22: a truncated, empty or .npy file, or one without sink_values under --sink-value, ended in a
+    traceback (BadZipFile, EOFError, TypeError, KeyError)."""
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "sigma.npy", np.zeros((3, 6), np.float32))
+    with open(tmp_path / "no-values.npz", "wb") as f:
+        np.savez(f, sink_logits=np.zeros((3, 6), np.float32))
+    for name, extra, message in [("empty.npz", [], "not an .npz"), ("sigma.npy", [], "not an .npz"),
+                                 ("no-values.npz", ["--sink-value"], "has no 'sink_values' array")]:
+        with pytest.raises(SystemExit, match=message) as e:
+            run(capsys, "ppl", "--model", checkpoint, "--text", text, "--tokens", 50, "--sink-logits",
+                tmp_path / name, *extra)
+        assert str(e.value.code).startswith("minisink: error: ")  # Python prints it and exits with status 1
+
+
+def test_the_calibration_guard_compares_resolved_paths(checkpoint, text, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Issue 22: the guard refused `/abs/t.txt` and accepted `./t.txt`, the same file typed another way."""
+    sigma = tmp_path / "sigma.npz"
+    code, _, _ = run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32, "--tokens", 200,
+                     "--out", sigma)
+    assert code == 0
+    monkeypatch.chdir(text.parent)
+    for typed in (text, f"./{text.name}", f"../{text.parent.name}/{text.name}"):
+        with pytest.raises(SystemExit, match="was calibrated on"):
+            run(capsys, "ppl", "--model", checkpoint, "--text", typed, "--sink-logits", sigma)
 
 
 def test_sink_prefix_on_ppl_and_generate(checkpoint, text, capsys):  # noqa: F811

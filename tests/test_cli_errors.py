@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from minisink import atomic
 from minisink import ppl as ppl_module
 from minisink.cli import build_parser, main
 from draws import examples
@@ -96,7 +97,7 @@ def test_out_is_checked_before_the_run(files, capsys, monkeypatch):
         code, stdout, err = run(capsys, *ppl, "--out", out)
         assert_clean_error(code, err, message)
         assert "perplexity" not in stdout  # the run did not start
-    monkeypatch.setattr(ppl_module.shutil, "disk_usage", lambda path: ppl_module.shutil._ntuple_diskusage(1, 1, 100))
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: atomic.shutil._ntuple_diskusage(1, 1, 100))
     code, stdout, err = run(capsys, *ppl, "--out", files / "out" / "run.npz")
     assert_clean_error(code, err, r"100 bytes free on that disk, the run needs about \d+")
     assert "perplexity" not in stdout

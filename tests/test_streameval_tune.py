@@ -153,8 +153,9 @@ def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
             want = stream_nll(m, ids, new_cache(m, "h2o", budget=budget), chunk=1)
             np.testing.assert_allclose(z["nll"], want, atol=1e-5)
             assert str(z["mode"]) == "h2o" and int(z["window"]) == budget and int(z["heavy"]) == budget // 2
-    with pytest.raises(SystemExit, match="--budget and --heavy go with --policy h2o or tova"):
+    with pytest.raises(SystemExit) as e:  # usage: exit status 2, the message on stderr (as argparse's)
         main(["ppl", "--model", str(path), "--text", str(text), "--mode", "sink", "--budget", "8"])
+    assert e.value.code == 2 and "--budget and --heavy go with --policy h2o or tova" in capsys.readouterr().err
 
 
 def test_cli_tune_and_streameval(checkpoint, capsys):
