@@ -341,7 +341,7 @@ def test_cli_chat_session_resumes_across_runs(real_model_dir, tmp_path, monkeypa
     assert code != 0 and "window 60" in err and session_file.read_bytes() == before
     session_file.write_bytes(before[:1000])
     code, _, err = run(turns[:1], "--session", str(session_file))
-    assert code == 2 and "not a readable session" in err and session_file.read_bytes() == before[:1000]
+    assert code == 1 and "not a readable session" in err and session_file.read_bytes() == before[:1000]
 
 
 # ---- two processes on one file, symbolic links, crafted headers (issue 22) ------------------------------------------

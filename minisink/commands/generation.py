@@ -128,9 +128,9 @@ def start_chat(model, tok, args, spec, sampler, prefix=()):
     from ..spec import new_cache
 
     path = Path(args.session) if args.session else None
+    if path is not None:  # a directory, a file in the way, a read-only folder: before the first turn, not after it
+        check_output_path(path, "--session")
     if path is None or not path.exists():
-        if path is not None:  # a directory, a file in the way, a read-only folder: before the first turn
-            check_output_path(path, "--session")
         cache = new_cache(model, spec)
         if prefix:
             model.forward(prefix, cache)  # the sink prefix comes before the first turn
