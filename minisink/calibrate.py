@@ -282,8 +282,8 @@ def check_split(calibration: dict | None, sink_file: str, source: str, scored_ch
 
 
 def same_text(a, b) -> bool:
-    """Whether two text sources name the same text: the same string, or paths to the same file (`./t.txt` and
-    `/abs/t.txt`; a calibration file written before sources were resolved holds the path as typed)."""
+    """Whether two text sources name the same text: the same string, or paths to the same file (a relative and an
+    absolute path to one file; a calibration file written before sources were resolved holds the path as typed)."""
     if a is None or b is None:
         return False
     if a == b:

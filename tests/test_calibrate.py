@@ -174,7 +174,7 @@ def test_bad_sink_files_end_in_one_line_and_exit_1(checkpoint, text, tmp_path, c
 
 
 def test_the_calibration_guard_compares_resolved_paths(checkpoint, text, tmp_path, capsys, monkeypatch):  # noqa: F811
-    """Issue 22: the guard refused `/abs/t.txt` and accepted `./t.txt`, the same file typed another way."""
+    """Issue 22: the guard refused a text given by its absolute path and accepted the same file given relatively."""
     sigma = tmp_path / "sigma.npz"
     code, _, _ = run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32, "--tokens", 200,
                      "--out", sigma)
