@@ -84,7 +84,7 @@ def chapter_notebook(path: Path, install_from: str = NO_INSTALL_FROM):
     if [c.source.strip() for c in code] != [b.strip() for _, b in blocks]:
         raise ValueError(f"{path.name}: jupytext's code cells are not the chapter's ```python blocks "
                          f"({len(code)} cells, {len(blocks)} blocks)")
-    for cell, (line, _) in zip(code, blocks):
+    for cell, (line, _) in zip(code, blocks, strict=True):
         cell.metadata["minisink_line"] = line
     setup = nbformat.v4.new_code_cell(setup_source(uses_real_model(text), install_from))
     setup.metadata["minisink_line"] = 0
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     try:
         import nbformat
     except ImportError:
-        raise SystemExit("error: the notebooks need jupytext and nbformat: pip install -e '.[notebooks]'")
+        raise SystemExit("error: the notebooks need jupytext and nbformat: pip install -e '.[notebooks]'") from None
     args.out.mkdir(parents=True, exist_ok=True)
     for path in [Path(c) for c in args.chapters] or CHAPTERS:
         nb = chapter_notebook(path, args.install_from)

@@ -59,7 +59,7 @@ def plot(found: dict, dense: np.ndarray | None, n: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for policy, style in zip(POLICIES, ("s:", "o-", "^-", "v-")):
+    for policy, style in zip(POLICIES, ("s:", "o-", "^-", "v-"), strict=False):
         xs = [b for b in BUDGETS if (policy, b) in found and len(found[policy, b]) >= n]
         ax.plot(xs, [np.exp(np.mean(found[policy, b][:n])) for b in xs], style, label=policy)
     if dense is not None and len(dense) >= n:

@@ -165,7 +165,7 @@ def conclusions(R: Path, p: Preset) -> list[Conclusion]:
     out.append(check(
         "a larger cache lowers perplexity",
         {f"4+{W}": v for W, v in by_size.items()},
-        lambda **v: all(a > b for a, b in zip(list(v.values()), list(v.values())[1:])),
+        lambda **v: all(a > b for a, b in zip(list(v.values()), list(v.values())[1:], strict=False)),
         lambda **v: f"tokens 1-{p.short - 1}: " + ", ".join(f"{k} {x:.2f}" for k, x in v.items())
                     + " (needs each below the one before)",
         "the runs " + ", ".join(f"sink_4_{W}" for W in sizes)))
@@ -347,7 +347,8 @@ def main(argv=None) -> int:
             lat = {k: z[k] for k in z.files}
         rows = [[int(c), f"{1000 * s:.1f}", f"{1000 * r:.0f}", f"{r / s:.1f}x", f"{sb / 2**20:.1f}",
                  f"{rb / 2**20:.1f}"] for c, s, r, sb, rb in
-                zip(lat["cache"], lat["sink_s"], lat["recompute_s"], lat["sink_bytes"], lat["recompute_bytes"])]
+                zip(lat["cache"], lat["sink_s"], lat["recompute_s"], lat["sink_bytes"], lat["recompute_bytes"],
+                    strict=True)]
         out.append("### Per-token latency and memory of a decode step\n\n" + table(
             ["cache C", "sink ms/token", "recompute ms/token", "recompute / sink", "sink MB", "recompute MB"], rows))
     found = conclusions(R, preset)

@@ -25,8 +25,9 @@ NEWLINES = ["--sink-prefix", "\n"] * 4  # four "\n" tokens (the paper's Table 1)
 
 
 def calibrations(out: Path) -> dict[str, list[str]]:
-    return {f"sigma_{c}_{e}.npz": ["calibrate", "--corpus", "kjv", "--sinks", "4", "--window", str(c - 4), "--tokens",
-                                   str(CALIBRATION_TOKENS[c]), "--estimator", e, "--out", str(out / f"sigma_{c}_{e}.npz")]
+    return {f"sigma_{c}_{e}.npz": ["calibrate", "--corpus", "kjv", "--sinks", "4", "--window", str(c - 4),
+                                   "--tokens", str(CALIBRATION_TOKENS[c]), "--estimator", e,
+                                   "--out", str(out / f"sigma_{c}_{e}.npz")]
             for c in CACHES for e in ESTIMATORS}
 
 
@@ -105,7 +106,8 @@ def report(out: Path) -> str:
                 gap = None if None in (p, w, s) or w == s else (w - p) / (w - s)
                 cells += [fmt(p), "-" if gap is None else f"{gap:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["\nThe escape valve on the full cache (dense, same tokens):\n", "| dense variant | perplexity |", "|---|---|"]
+    lines += ["\nThe escape valve on the full cache (dense, same tokens):\n", "| dense variant | perplexity |",
+              "|---|---|"]
     for label, name in [("plain softmax", "dense"), ("softmax1 (sigma = 0)", "dense_zero"),
                         *[(f"sigma ({e}, calibrated for 1024)", f"dense_{e}") for e in ESTIMATORS]]:
         lines.append(f"| {label} | {fmt(ppl(out, name))} |")

@@ -116,8 +116,8 @@ def format_massive(m: Massive, tokens: list[str] | None = None) -> str:
     """A table: per layer, the top entries as value (position, dim), the median, the ratio top / median."""
     lines = ["layer   top |x| (token position, dim)" + " " * 38 + "median   top/median"]
     for n in range(len(m.top)):
-        cells = "  ".join(f"{v:8.1f} ({p:3d},{d:4d})"
-                          for v, p, d in zip(m.top[n], m.position[n], m.dim[n], strict=True))
+        top = zip(m.top[n], m.position[n], m.dim[n], strict=True)  # (|x|, token position, dim) of each of the top k
+        cells = "  ".join(f"{v:8.1f} ({p:3d},{d:4d})" for v, p, d in top)
         flag = "  massive" if m.is_massive()[n, 0] else ""
         lines.append(f"{n:5d}   {cells}   {m.median[n]:6.3f}   {m.top[n, 0] / m.median[n]:8.0f}{flag}")
     if tokens is not None:
@@ -184,7 +184,7 @@ def plot_massive(m: Massive, path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 2.6))
     layers = np.arange(len(m.top))
-    for j, style in zip(range(m.top.shape[1]), ("o-", "s--", "^:"), strict=False):  # at most 3 curves
+    for j, style in zip(range(m.top.shape[1]), ("o-", "s--", "^:"), strict=False):
         ax.plot(layers, m.top[:, j], style, ms=3, label=f"top {j + 1}")
     ax.plot(layers, m.median, "k-", lw=1, label="median")
     ax.set_yscale("log")

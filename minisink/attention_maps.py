@@ -98,7 +98,7 @@ def plot_maps(probs: list[np.ndarray], path, layers=PLOT_LAYERS, tokens: int | N
 
     layers = [n for n in layers if n < len(probs)]
     fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers), 2.8), squeeze=False)
-    for ax, n in zip(axes[0], layers):
+    for ax, n in zip(axes[0], layers, strict=False):
         avg = probs[n].mean(axis=0)[:tokens, :tokens]  # [T, T], averaged over heads
         shown = np.where(np.tril(np.ones_like(avg, dtype=bool)), np.maximum(avg, 1e-4), np.nan)
         im = ax.imshow(shown, norm=LogNorm(vmin=1e-4, vmax=1), cmap="viridis", interpolation="nearest")

@@ -313,8 +313,8 @@ def bench_eviction(model, budget: int = 1024, rounds: int = 24) -> dict:
     """Decode ms/token of the policies that read attention (eviction.py) against the sink cache, all at a total
     budget of `budget` tokens and filled past it: one step of each cache in turn per round (interleaved, so they
     see the same machine noise), medians; and the ratio of each to the sink cache."""
-    caches = {"sink": new_cache(model, "sink", sinks=4, window=budget - 4), "h2o": new_cache(model, "h2o", budget=budget),
-              "tova": new_cache(model, "tova", budget=budget)}
+    caches = {"sink": new_cache(model, "sink", sinks=4, window=budget - 4),
+              "h2o": new_cache(model, "h2o", budget=budget), "tova": new_cache(model, "tova", budget=budget)}
     for cache in caches.values():
         fill(model, cache, budget + 76)
     steps = {name: [] for name in caches}

@@ -255,34 +255,34 @@ class SinkCache:
         evicted = np.maximum(stream - (S + W - 1), 0) if self.renumber else np.zeros(T, dtype=int)
         self.sink_rotation = rotation(-evicted, self.inv_freq) if evicted.any() else None
 
-        # The chunk's first new_sinks tokens become sinks (written at once: those slots are never reused), the
+        # The chunk's first chunk_sinks tokens become sinks (written at once: those slots are never reused), the
         # rest go to the window. The ring fills its slots in order, so the tokens it holds are in slots
         # S .. S + n_ring - 1: the ring block and its mask cover those, O(T x tokens held), however large W is.
-        self.new_sinks = min(max(S - self.seen, 0), T)
-        self.n_sinks = min(S, self.seen + T)
+        self.chunk_sinks = min(max(S - self.seen, 0), T)  # the chunk's tokens that become sinks
+        self.sinks_held = min(S, self.seen + T)  # the sinks the chunk's queries see: held before and new
         self.n_ring = int((self.slot_token[S:] >= 0).sum())
         # A lone window token (decode) needs no block of its own: the ring slot it will take is empty, or holds
         # the oldest window token, W back, which neither it nor any later query can see. So `blocks` writes it
         # there at once, and the ring block covers it, every key visible: no mask, no copy at `end`.
-        self.lone = S + self.write if T == 1 and not self.new_sinks else None
-        if self.lone is not None:
+        self.decode_slot = S + self.write if T == 1 and not self.chunk_sinks else None  # a lone token's ring slot
+        if self.decode_slot is not None:
             self.n_ring = max(self.n_ring, self.write + 1)
             self.sink_mask = self.ring_mask = self.new_mask = None
         else:
-            self.sink_mask = causal_mask(stream, np.arange(self.n_sinks))  # [T, n_sinks]; None if all visible
+            self.sink_mask = causal_mask(stream, np.arange(self.sinks_held))  # [T, sinks_held]; None if all visible
             ring_token = self.slot_token[S:S + self.n_ring]  # [n_ring]
             self.ring_mask = additive_mask(stream[:, None] - ring_token[None, :] < W)  # [T, n_ring]
-            new_tokens = stream[self.new_sinks:]  # [T_window]
+            new_tokens = stream[self.chunk_sinks:]  # [T_window]
             new_visible = (new_tokens[None, :] <= stream[:, None]) & (stream[:, None] - new_tokens[None, :] < W)
             self.new_mask = additive_mask(new_visible)  # [T, T_window]
         # Once the ring is full, a lone query's sinks need not be a block of their own either: rotating the S sink
         # keys forward by `evicted` gives the scores of rotating the query back (RoPE scores depend only on the
         # distance), so their working copy after the ring (slots S+W..) is rotated from the sinks, never from
         # itself, and the ring and sinks are one block, one matrix product.
-        self.sinks_after_ring = self.lone is not None and S > 0 and self.n_ring == W
-        if self.sinks_after_ring:
-            # [S, layers, Hkv, D]; copied in storage order first, then transposed: gathering the transpose straight
-            # from the cache touches each sink's 64-byte line S times (0.14 ms a step, against 0.04)
+        self.one_block = self.decode_slot is not None and S > 0 and self.n_ring == W  # ring + sinks: one block
+        if self.one_block:
+            # [S, layers, Hkv, D]; copied in storage order first, then transposed (faster: docs/performance.md,
+            # "The L2 cache and the small NumPy calls")
             sinks = self.keys[:, :, :, :S].copy().transpose(3, 0, 1, 2)
             ahead = apply_rope(sinks.reshape(1, -1, sinks.shape[-1]), rotation(evicted, self.inv_freq))
             self.keys[:, :, :, S + W:] = ahead.reshape(sinks.shape).transpose(1, 2, 3, 0)
@@ -290,24 +290,25 @@ class SinkCache:
 
     def blocks(self, layer: int, k: np.ndarray, v: np.ndarray) -> list[KVBlock]:
         """k (rotated), v [T, Hkv, D] -> [sinks, the ring as it was before the chunk, the chunk's window tokens]."""
-        S, new = self.n_sink, self.new_sinks
+        S, new = self.n_sink, self.chunk_sinks
         if new:  # new sinks go straight to their fixed slots, which no committed token holds yet
             sinks = slice(self.seen, self.seen + new)
             self.keys[layer, :, :, sinks] = keys_layout(k[:new])
             self.values[layer, :, sinks] = values_layout(v[:new])
             self.values[layer, :, S + self.window + sinks.start:S + self.window + sinks.stop] = values_layout(v[:new])
         k_win, v_win = k[new:], v[new:]  # [T_window, Hkv, D], views
-        if self.lone is not None:  # straight into its ring slot: no block of its own, nothing left for `end`
-            self.keys[layer, :, :, self.lone], self.values[layer, :, self.lone] = k_win[0], v_win[0]  # [Hkv, D]
+        if self.decode_slot is not None:  # straight into its ring slot: no block of its own, nothing left for `end`
+            slot = self.decode_slot
+            self.keys[layer, :, :, slot], self.values[layer, :, slot] = k_win[0], v_win[0]  # [Hkv, D]
             k_win = k_win[:0]
         else:
             self._pending[layer] = (k_win, v_win)  # written into the ring at `end`
 
-        if self.sinks_after_ring:  # [the ring, the lone token in it; the sinks' working copy]: every key visible
+        if self.one_block:  # [the ring, the lone token in it; the sinks' working copy]: every key visible
             return [KVBlock(self.keys[layer, :, :, S:], self.values[layer, :, S:], None)]
         blocks = []
-        if self.n_sinks:
-            blocks.append(KVBlock(self.keys[layer, :, :, :self.n_sinks], self.values[layer, :, :self.n_sinks],
+        if self.sinks_held:
+            blocks.append(KVBlock(self.keys[layer, :, :, :self.sinks_held], self.values[layer, :, :self.sinks_held],
                                   self.sink_mask, self.sink_rotation))
         if self.n_ring:  # oldest first (slots S + write.., then S..): what a chunk's later queries no longer
             # see is then the start of the ring, which `attention` skips (see model.attention_in_tiles)
@@ -324,14 +325,14 @@ class SinkCache:
         """Write the chunk's window tokens into the ring (the last min(W, n) of them, O(1) per token; a lone token
         is there already) and count them in."""
         S, W = self.n_sink, self.window
-        tokens = np.arange(self.seen + self.new_sinks, self.seen + self.T)  # the chunk's window tokens
+        tokens = np.arange(self.seen + self.chunk_sinks, self.seen + self.T)  # the chunk's window tokens
         kept = tokens[-W:]  # a chunk longer than W evicts inside itself
         slots = S + (self.write + np.arange(len(kept))) % W
         for layer, (k, v) in self._pending.items():
             self.keys[layer][:, :, slots] = keys_layout(k[-W:])
             self.values[layer][:, slots] = values_layout(v[-W:])
         self.slot_token[slots] = kept
-        self.slot_token[self.seen:self.seen + self.new_sinks] = np.arange(self.seen, self.seen + self.new_sinks)
+        self.slot_token[self.seen:self.seen + self.chunk_sinks] = np.arange(self.seen, self.seen + self.chunk_sinks)
         self.write = (self.write + len(slots)) % W
         self.seen += self.T
         self._pending = {}

@@ -199,7 +199,7 @@ def calibrate(model, ids, cache: int, sinks: int = 4, chunk: int = 128, meta: di
             piece = ids[start:start + chunk]
             states, probs = [model.embed_tokens[piece]], []  # layer inputs: the embeddings, then each layer's output
             model.forward(piece, kv_cache, attention_probs=probs,
-                          layer_hook=lambda n, x, states=states: states.append(x.copy()))
+                          layer_hook=lambda n, x, keep=states.append: keep(x.copy()))  # this chunk's list
             if keys is None:  # the first chunk holds the sinks (chunk >= sinks is checked above)
                 kv = [sink_kv(model, n, states[n][:sinks]) for n in range(L)]
                 keys, values = np.stack([k for k, _ in kv]), np.stack([v for _, v in kv])

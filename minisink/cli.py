@@ -106,8 +106,8 @@ def cache_spec(args, budget=None):
 
 
 def flag_names(message: str) -> str:
-    """A CacheSpec message in the command line's words (`renumber=False (--no-renumber)` -> `--no-renumber`)."""
-    return message.replace("renumber=False (--no-renumber)", "--no-renumber")
+    """A CacheSpec message in the command line's words (`renumber=False` is `--no-renumber`)."""
+    return message.replace("renumber=False", "--no-renumber")
 
 
 # --- sampling --------------------------------------------------------------------------------------------------

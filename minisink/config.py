@@ -181,8 +181,9 @@ class LlamaConfig:
     def inv_freq(self):
         """RoPE inverse frequencies, float64 [D/2]; with llama3 scaling, the low frequencies are stretched.
 
-        Follows transformers' `_compute_llama3_parameters`: wavelengths longer than the original context / low_freq_factor
-        are divided by `factor`, shorter than original / high_freq_factor are kept, the band between is interpolated.
+        Follows transformers' `_compute_llama3_parameters`: wavelengths longer than the original context /
+        low_freq_factor are divided by `factor`, shorter than original / high_freq_factor are kept, the band between
+        is interpolated.
         """
         import numpy as np
 

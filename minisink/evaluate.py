@@ -26,16 +26,15 @@ from .model import PREFILL_CHUNK, attention, rms_norm, silu
 from .rope import apply_rope
 
 
-NLL_ROWS = 8  # rows of logits per step of token_nll: 8 x 49,152 floats (1.5 MB) stay in a core's L2 cache
+NLL_ROWS = 8  # rows of logits per step of token_nll: 8 x 49,152 floats stay in a core's cache (docs/performance.md)
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """-log softmax(logits)[target] per row, [T, V] + [T] -> [T] float64: logsumexp - the target's logit.
 
-    The exponentials stay in float32 (after subtracting the row max, so none overflows) and are summed in float64:
-    a full float64 log-softmax of [512, 49152] logits costs as much as a third of the forward pass. NLL_ROWS rows
-    at a time, in one reused buffer, so that the subtraction, exp and sum read the rows from cache, not memory:
-    about twice as fast as whole [T, V] passes here, the same numbers."""
+    The exponentials stay in float32 (after subtracting the row max, so none overflows) and are summed in float64.
+    NLL_ROWS rows at a time, in one reused buffer: the same numbers as whole [T, V] passes, faster (why, and what a
+    float64 log-softmax would cost: docs/performance.md, "The L2 cache and the small NumPy calls")."""
     lse = np.empty(len(targets))  # [T]
     buffer = np.empty((NLL_ROWS, logits.shape[1]), dtype=np.float32)
     for start in range(0, len(targets), NLL_ROWS):
@@ -61,7 +60,7 @@ def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
     starts = list(range(first_chunk or 0, len(ids) - 1, chunk))  # the last token is only predicted, never fed
     if first_chunk:
         starts.insert(0, 0)
-    for start, stop in zip(starts, starts[1:] + [len(ids) - 1]):
+    for start, stop in zip(starts, starts[1:] + [len(ids) - 1], strict=True):
         piece, targets = ids[start:stop], ids[start + 1:stop + 1]
         nll[start:stop] = token_nll(model.forward(piece, cache), targets)  # [T]
         if progress:

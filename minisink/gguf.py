@@ -215,7 +215,7 @@ def gguf_tokenizer(meta: Metadata):
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     control = 3  # llama.cpp's token type for control tokens (<|im_start|>, ...)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == control])
+                            for t, ty in zip(tokens, types, strict=True) if ty == control])
     return tok
 
 

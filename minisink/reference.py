@@ -5,6 +5,9 @@ heads and tokens, float64 where it costs nothing, every key kept), so that it ca
 trusted as an oracle. minisink's own code is compared with these in tests/, and a student's code in the graders.
 What it does not: run fast. Nothing in minisink's forward pass calls this module.
 
+The forward pass: `reference_forward` computes the logits of a token sequence from the Llama equations, one token
+and one head at a time, in float64 (tests/test_model.py holds `Llama.forward` to it, prefill and decode).
+
 The eviction policies (H2O, TOVA, SnapKV; chapter 08): `EvictionReference` runs them the long way: it keeps every
 key and value ever computed, and a boolean `kept[layer][kv_head, token]`; each chunk, every query head attends over
 all keys with a mask (the kept tokens and the chunk, causally), positions given explicitly per KV head, and the
@@ -15,11 +18,59 @@ in-place bookkeeping: the fast caches in minisink/eviction.py must give the same
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .cache import KVBlock
 from .model import linear, rms_norm, silu
 from .rope import apply_rope, rotation
+
+
+def reference_forward(model, ids) -> np.ndarray:
+    """The Llama equations as a plain float64 loop over tokens and heads, every token seeing every earlier one (the
+    full cache): ids [T] -> logits [T, V]. RMSNorm, RoPE on halves (rotate_half), GQA attention, SwiGLU, from the
+    model's weights and nothing else of minisink (the oracle of tests/test_model.py)."""
+    c = model.config
+    H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    f = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+
+    def norm(x, w):
+        return x / np.sqrt(np.mean(x**2) + c.rms_norm_eps) * w
+
+    def rope(v, pos):
+        out = np.empty(D)
+        for i in range(D // 2):
+            a = pos * c.rope_theta ** (-2 * i / D)
+            out[i] = v[i] * math.cos(a) - v[i + D // 2] * math.sin(a)
+            out[i + D // 2] = v[i + D // 2] * math.cos(a) + v[i] * math.sin(a)
+        return out
+
+    xs = [f(model.embed_tokens[t]) for t in ids]  # T vectors [d_model]
+    for layer in model.layers:
+        qkv_w, o_w = f(layer.qkv_proj), f(layer.o_proj)
+        keys, values, new_xs = [], [], []
+        for pos, x in enumerate(xs):
+            qkv = qkv_w @ norm(x, f(layer.input_layernorm))  # [(H + 2 Hkv) D]: q_proj, k_proj, v_proj stacked
+            q = qkv[:H * D].reshape(H, D)
+            k = qkv[H * D:(H + Hkv) * D].reshape(Hkv, D)
+            keys.append([rope(k[j], pos) for j in range(Hkv)])
+            values.append(qkv[(H + Hkv) * D:].reshape(Hkv, D))
+            heads = []
+            for h in range(H):
+                j = h // (H // Hkv)
+                qh = rope(q[h], pos)
+                s = np.array([qh @ keys[t][j] for t in range(pos + 1)]) / math.sqrt(D)
+                w = np.exp(s - s.max())
+                w /= w.sum()
+                heads.append(sum(w[t] * values[t][j] for t in range(pos + 1)))
+            x = x + o_w @ np.concatenate(heads)
+            g_u = f(layer.gate_up_proj) @ norm(x, f(layer.post_attention_layernorm))
+            gate, up = g_u[:c.intermediate_size], g_u[c.intermediate_size:]
+            x = x + f(layer.down_proj) @ (gate / (1 + np.exp(-gate)) * up)
+            new_xs.append(x)
+        xs = new_xs
+    return np.stack([f(model.lm_head) @ norm(x, f(model.norm)) for x in xs])
 
 
 class ExplicitSinkCache:
@@ -243,8 +294,8 @@ class EvictionReference:
             x = x + linear(out.reshape(T, H * D), layer.o_proj, layer.o_bias)
             h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
             gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)
-            I = gate_up.shape[1] // 2
-            x = x + linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)
+            d_ff = gate_up.shape[1] // 2  # intermediate_size
+            x = x + linear(silu(gate_up[:, :d_ff]) * gate_up[:, d_ff:], layer.down_proj, layer.down_bias)
             attended.append(probs)
             self.k[li], self.v[li] = K, V
         logits = rms_norm(x, m.norm, c.rms_norm_eps) @ m.lm_head.T

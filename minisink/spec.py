@@ -42,6 +42,7 @@ OPTIONS = {"dense": {"position_offset"}, "sink": {"position_offset"}, "window": 
 
 
 def is_size(value) -> bool:
+    """An integer >= 0 that is not a bool (True would count as 1)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
 
 
@@ -69,7 +70,7 @@ class CacheSpec:
         if "heavy" in options and options["heavy"] is None:
             del options["heavy"]
         if not renumber and policy not in ("sink", "window"):
-            raise CacheError(f"renumber=False (--no-renumber) applies to the sink and window caches, not to {policy}")
+            raise CacheError(f"renumber=False applies to the sink and window caches, not to {policy}")
         if budget is not None and policy not in BY_ATTENTION:
             raise CacheError("a budget goes with the h2o or tova policy (the sink cache takes sinks and a window)")
         if policy == "dense":
@@ -91,6 +92,8 @@ class CacheSpec:
         if policy == "snapkv":
             if sinks:
                 raise CacheError("snapkv has no sinks: the compressed prompt is pinned instead")
+            if "capacity" not in options:
+                raise CacheError("snapkv needs its prompt capacity: new_cache(model, 'snapkv', window=W, capacity=C)")
             return cls("snapkv", 0, DEFAULT_CACHE if window is None else window, options=options)
         sinks = (DEFAULT_SINKS if policy == "sink" else 0) if sinks is None else sinks
         if window is None and is_size(sinks):  # a bad size is left to the cache, whose error names it
@@ -133,8 +136,6 @@ class CacheSpec:
             return H2OCache(config, self.budget, **o)
         if self.policy == "tova":
             return TOVACache(config, self.budget, **o)
-        if "capacity" not in o:
-            raise CacheError("snapkv needs its prompt capacity: new_cache(model, 'snapkv', window=W, capacity=C)")
         return SnapKVCache(config, window=self.window, **o)
 
 

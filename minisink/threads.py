@@ -1,23 +1,14 @@
 """BLAS threads for decode on a machine that is never idle: time both choices, keep the faster, check again later.
 
-Why: decode is a chain of small matrix-vector products. OpenBLAS splits each over its threads and every product
-waits for its slowest thread, so when another process holds one of the cores, each product waits for that core's
-next time slice. Measured on a 2-core machine (README, Speed): beside one `while True: pass` process decode with
-OpenBLAS's default 2 threads fell to 0.30x of its quiet speed, with 1 thread it kept about 0.6x; but on the quiet
-machine 1 thread is about 45% slower than 2. No fixed number is right for both, and a laptop changes between the
-two all day, so the decode loop measures: `ThreadChooser` times a few steps at each thread count, keeps the one
-with the lower mean step time, runs on it for a while (16 steps, doubling up to 1024 while the choice holds), then
-probes again, judging the count it ran on by every step since the last choice.
-
-Why the mean and not the median: beside a busy process, most 2-thread steps run at about 1 thread's speed and a
-few take 3-6x longer (when the core OpenBLAS's second thread waits for is taken). Measured here, 64-token decodes
-beside a `while True: pass` process: 2 threads fixed 92 ms/token, 1 thread 51; a median-based chooser, which saw
-two ordinary 2-thread steps in its probe, chose 2 threads and ran at 95. What a thread count costs is its total
-time, i.e. its mean step time.
+No fixed thread count is right both on a quiet machine and beside a busy process (the measurements, and why the
+mean step time and not the median: docs/performance.md, "A busy machine"), so the decode loop measures:
+`ThreadChooser` times a few steps at each thread count, keeps the one with the lower mean step time, runs on it
+for a while (16 steps, doubling up to 1024 while the choice holds), then probes again, judging the count it ran on
+by every step since the last choice.
 
 What it does not: touch the forward pass (the model knows nothing of threads), or choose threads for a prefill
 (large matrix products, where more threads pay even on a loaded machine). The thread count does not change the
-numbers: OpenBLAS gives bitwise the same logits with 1 or 2 threads here (tests/test_threads.py checks it).
+numbers (tests/test_threads.py checks that the logits are bitwise the same with 1 or 2 threads).
 `threadpoolctl` (the scikit-learn developers' library) switches the BLAS's threads at run time.
 """
 
@@ -29,9 +20,8 @@ from collections import deque
 from contextlib import contextmanager
 
 
-# A probe step this many times slower than the fastest step since the last choice ends its thread count's probe.
-# Probing costs the steps run at the slower count, and under heavy load 2 threads ran 10x slower than 1 here
-# (docs/performance.md, "A busy machine").
+# A probe step this many times slower than the fastest step since the last choice ends its thread count's probe:
+# probing costs the steps run at the slower count (docs/performance.md, "A busy machine").
 ABANDON = 3.0
 # The count that ran the period is kept unless another's mean is at least this much lower: a probe sees only a few
 # steps of the other count (beside a busy process, 2 threads' slow steps are one in several), so a near-tie keeps

@@ -12,13 +12,12 @@ reader must refuse what the library refuses: a header that does not exactly cove
 the header and the data would shift every tensor), overlapping or out-of-order offsets, duplicate names, a byte
 size that does not match dtype x shape. tests/test_weights_fuzz.py feeds both thousands of damaged files.
 Every value must be finite: a NaN weight does not crash the forward pass, it turns every logit into NaN and the
-sampler then emits token 0 forever. That check is one more pass over all the weights (about 35 ms for SmolLM2's
-540 MB: 7-9% of a load here when it runs after the reads); `checking_finite` runs it on a second thread while the
-model copies its weights into place, where `minisink bench` measures its cost at 0-2% of a load.
+sampler then emits token 0 forever. `checking_finite` runs that check on a second thread while the model copies its
+weights into place (what it costs: docs/performance.md, "Loading").
 The `pread` backend reads each tensor's bytes into its own array (no memory map of the whole file, so loading
 holds the file's bytes once, not twice). NumPy has no bfloat16; the library returns BF16 tensors as
 `ml_dtypes.bfloat16` (the type JAX and TensorFlow use, from the same maintainers), which converts to float32
-exactly. ml_dtypes is imported only when a BF16 tensor is met: importing it takes longer than loading SmolLM2.
+exactly; ml_dtypes is imported only when a BF16 tensor is met (docs/performance.md, "Loading").
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def read_checkpoint(model_dir: str | Path, check_finite: bool = True) -> dict[st
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """The name and shape of every tensor a Llama checkpoint with this config must hold (HF names, [out, in])."""
-    d, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
+    d, V, d_ff = config.hidden_size, config.vocab_size, config.intermediate_size
     q_out = config.num_attention_heads * config.head_dim
     kv_out = config.num_key_value_heads * config.head_dim
     shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,)}
@@ -159,7 +158,7 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "post_attention_layernorm.weight"] = (d,)
         projections = {"self_attn.q_proj": (q_out, d), "self_attn.k_proj": (kv_out, d),
                        "self_attn.v_proj": (kv_out, d), "self_attn.o_proj": (d, q_out),
-                       "mlp.gate_proj": (I, d), "mlp.up_proj": (I, d), "mlp.down_proj": (d, I)}
+                       "mlp.gate_proj": (d_ff, d), "mlp.up_proj": (d_ff, d), "mlp.down_proj": (d, d_ff)}
         for name, shape in projections.items():
             shapes[p + name + ".weight"] = shape
             has_bias = config.attention_bias if name.startswith("self_attn") else config.mlp_bias

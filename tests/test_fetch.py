@@ -174,8 +174,8 @@ def test_hf_sharded_checkpoint(monkeypatch, tmp_path):
 def test_hf_token_is_sent_as_bearer(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     fetch_hf(tmp_path / "m")
-    sent = [{k.lower(): v for k, v in h.items()}
-            for r, h in zip(hub.requests, hub.headers, strict=True) if "/resolve/" in r]
+    sent = [{k.lower(): v for k, v in h.items()} for r, h in zip(hub.requests, hub.headers, strict=True)
+            if "/resolve/" in r]
     assert sent and all(h.get("authorization") == "Bearer hf_secret" for h in sent)
 
 

@@ -18,6 +18,7 @@ import minisink
 from minisink import CacheError, ConfigError, InputError, LlamaConfig, WeightsError
 from minisink.model import rms_norm, silu, softmax
 from minisink.rope import apply_rope, rotation
+from minisink.reference import reference_forward
 from minisink.spec import new_cache
 from tiny import tiny_config, tiny_model, write_tiny_checkpoint
 
@@ -126,50 +127,6 @@ def test_llama3_inv_freq_by_hand():
     smooth = (64 / wavelen - 1) / (4 - 1)
     expected = [plain[0], (1 - smooth) * plain[1] / 8 + smooth * plain[1], plain[2] / 8, plain[3] / 8]
     np.testing.assert_allclose(config.inv_freq(), expected, rtol=1e-12)
-
-
-def reference_forward(model, ids) -> np.ndarray:
-    """The Llama equations as a plain float64 loop over tokens and heads: logits [T, V]."""
-    c = model.config
-    H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    f = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-
-    def norm(x, w):
-        return x / np.sqrt(np.mean(x**2) + c.rms_norm_eps) * w
-
-    def rope(v, pos):
-        out = np.empty(D)
-        for i in range(D // 2):
-            a = pos * c.rope_theta ** (-2 * i / D)
-            out[i] = v[i] * math.cos(a) - v[i + D // 2] * math.sin(a)
-            out[i + D // 2] = v[i + D // 2] * math.cos(a) + v[i] * math.sin(a)
-        return out
-
-    xs = [f(model.embed_tokens[t]) for t in ids]
-    for layer in model.layers:
-        qkv_w, o_w = f(layer.qkv_proj), f(layer.o_proj)
-        keys, values, new_xs = [], [], []
-        for pos, x in enumerate(xs):
-            qkv = qkv_w @ norm(x, f(layer.input_layernorm))
-            q = qkv[:H * D].reshape(H, D)
-            k = qkv[H * D:(H + Hkv) * D].reshape(Hkv, D)
-            keys.append([rope(k[j], pos) for j in range(Hkv)])
-            values.append(qkv[(H + Hkv) * D:].reshape(Hkv, D))
-            heads = []
-            for h in range(H):
-                j = h // (H // Hkv)
-                qh = rope(q[h], pos)
-                s = np.array([qh @ keys[t][j] for t in range(pos + 1)]) / math.sqrt(D)
-                w = np.exp(s - s.max())
-                w /= w.sum()
-                heads.append(sum(w[t] * values[t][j] for t in range(pos + 1)))
-            x = x + o_w @ np.concatenate(heads)
-            g_u = f(layer.gate_up_proj) @ norm(x, f(layer.post_attention_layernorm))
-            gate, up = g_u[:c.intermediate_size], g_u[c.intermediate_size:]
-            x = x + f(layer.down_proj) @ (gate / (1 + np.exp(-gate)) * up)
-            new_xs.append(x)
-        xs = new_xs
-    return np.stack([f(model.lm_head) @ norm(x, f(model.norm)) for x in xs])
 
 
 def test_forward_matches_a_plain_float64_loop():
@@ -496,7 +453,7 @@ def test_bad_cache_arguments(model, policy, kwargs, match):
 
 def test_good_cache_arguments(model):
     assert isinstance(new_cache(model), minisink.FullCache)
-    assert isinstance(new_cache(model, "window", window=4), minisink.SinkCache)  # n_sink omitted: plain window attention
+    assert isinstance(new_cache(model, "window", window=4), minisink.SinkCache)  # no sinks: plain window attention
     assert isinstance(new_cache(model, "sink", sinks=0, window=1), minisink.SinkCache)
     assert isinstance(new_cache(model, "sink", sinks=np.int64(4), window=np.int32(8)), minisink.SinkCache)
     assert isinstance(new_cache(model, "recompute", window=4), minisink.RecomputeWindow)

@@ -134,7 +134,7 @@ def test_attention_probabilities_match_transformers(saved):
     with torch.no_grad():
         theirs = hf(torch.tensor([ids]), output_attentions=True).attentions  # per layer [1, H, T, T]
     assert len(probs) == len(theirs) == hf.config.num_hidden_layers
-    for ours, t in zip(probs, theirs):
+    for ours, t in zip(probs, theirs, strict=True):
         assert max_diff(ours, t[0].numpy()) <= 1e-5
 
 
@@ -208,7 +208,7 @@ def test_half_precision_checkpoint(tmp_path, dtype):
     model = minisink.load_model(tmp_path)
     # the loaded weights are bit-identical to the rounded ones (bf16 -> fp32 by a 16-bit shift, fp16 by a cast)
     assert np.array_equal(model.embed_tokens, reference.model.embed_tokens.weight.detach().numpy())
-    for layer, theirs in zip(model.layers, reference.model.layers):
+    for layer, theirs in zip(model.layers, reference.model.layers, strict=True):
         assert np.array_equal(layer.down_proj, theirs.mlp.down_proj.weight.detach().numpy())
     assert max_diff(prefill(model, ids), hf_logits(reference, ids)) <= TOL
     assert max_diff(prefill_then_decode(model, ids), hf_logits(reference, ids)) <= TOL

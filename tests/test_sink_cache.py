@@ -83,11 +83,14 @@ class Stream:
 
     def chunks(self):
         bounds = [0, *self.cuts, len(self.tokens)]
-        return [self.tokens[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [self.tokens[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+SINK_COUNTS, WINDOWS = st.integers(0, 8), st.integers(1, 64)  # the default S and W of `streams`
 
 
 @st.composite
-def streams(draw, models=tuple(CONFIGS), S=st.integers(0, 8), W=st.integers(1, 64), length=None,
+def streams(draw, models=tuple(CONFIGS), S=SINK_COUNTS, W=WINDOWS, length=None,
             distinct=False):
     """A model, S, W, a token stream and a chunking. `length(S, W)` -> strategy for the stream length;
     `distinct`: no token id twice in the stream."""
@@ -111,7 +114,8 @@ def evicts(extra=40):
 
 
 def feed(m, cache, stream: Stream, after_chunk=None):
-    """The stream's logits [n, V] with the cache fed chunk by chunk; after_chunk(cache, tokens_seen, attention_probs)."""
+    """The stream's logits [n, V] with the cache fed chunk by chunk; after_chunk(cache, tokens_seen,
+    attention_probs)."""
     out, seen = [], 0
     for chunk in stream.chunks():
         probs = [] if after_chunk else None
@@ -376,7 +380,7 @@ def test_real_equals_reference(real_model, prose_ids):
     m, ids = real_model, prose_ids
     cache = new_cache(m, "sink", sinks=REAL_S, window=REAL_W)
     bounds = [0, 50, 51, 130, 250]
-    sink = np.concatenate([m.forward(ids[a:b], cache) for a, b in zip(bounds, bounds[1:])])
+    sink = np.concatenate([m.forward(ids[a:b], cache) for a, b in zip(bounds, bounds[1:], strict=False)])
     assert cache.retained().tolist() == expected_retained(250, REAL_S, REAL_W)
     want = one_at_a_time(m, ReferenceSinkCache(m.config, REAL_S, REAL_W), ids)
     assert_close(sink, want, "real: sink vs reference")

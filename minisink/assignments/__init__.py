@@ -64,7 +64,7 @@ ASSIGNMENTS = {a.number: a for a in [
                hints={"SinkCache.begin": "Once per chunk of T new tokens: plan which become sinks and which go to "
                       "the window, and what each query may see; return the rotation of the new tokens. Assignment 3 "
                       "grades renumber=False (set self.sink_rotation = None); assignment 4 does the rest. The "
-                      "library's decode shortcuts (self.lone, self.sinks_after_ring) are optional: set them to "
+                      "library's decode shortcuts (self.decode_slot, self.one_block) are optional: set them to "
                       "None and False."}),
     Assignment(4, "positions within the cache", "04-cache-positions.md",
                {"cache.py": ["SinkCache.begin"]}, "a4_cache_positions",

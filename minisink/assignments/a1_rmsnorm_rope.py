@@ -53,7 +53,8 @@ def check_rms_norm_transformers():
             norm.weight.copy_(torch.from_numpy(w))
             want = norm(torch.from_numpy(x)).numpy()
         got = (yield run("rms_norm", x=x, weight=w, eps=1e-5))["out"]
-        close("rms_norm(x, weight, 1e-5)", got, want, 1e-4 * max(1, np.abs(want).max()), f"T={T}, d_model={d}, seed={seed}")
+        close("rms_norm(x, weight, 1e-5)", got, want, 1e-4 * max(1, np.abs(want).max()),
+              f"T={T}, d_model={d}, seed={seed}")
 
 
 def check_rms_norm_reference():

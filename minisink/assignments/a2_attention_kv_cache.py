@@ -64,7 +64,8 @@ def attention_request(q, blocks, n_kv_heads, with_probs):
 def _check_attention(n_blocks, rotate):
     for seed in range(CASES):
         rng = np.random.default_rng(seed)
-        Hkv, G, T, D = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.choice([4, 8]))
+        Hkv, G, T = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        D = int(rng.choice([4, 8]))
         q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
         blocks = random_blocks(rng, T, Hkv, D, n_blocks if n_blocks else int(rng.integers(1, 4)), rotate)
         where = (f"T={T}, H={Hkv * G}, Hkv={Hkv}, D={D}, blocks of L={[b.keys.shape[2] for b in blocks]}"
@@ -95,7 +96,8 @@ def check_attention_torch():
         q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
         k = rng.standard_normal((T, Hkv, D)).astype(np.float32)
         v = rng.standard_normal((T, Hkv, D)).astype(np.float32)
-        block = KVBlock(k.transpose(1, 2, 0).copy(), v.transpose(1, 0, 2).copy(), causal_mask(np.arange(T), np.arange(T)))
+        block = KVBlock(k.transpose(1, 2, 0).copy(), v.transpose(1, 0, 2).copy(),
+                        causal_mask(np.arange(T), np.arange(T)))
         want = torch.nn.functional.scaled_dot_product_attention(
             *(torch.from_numpy(a.transpose(1, 0, 2))[None] for a in (q, k, v)), is_causal=True, enable_gqa=True)
         got = yield attention_request(q, [block], Hkv, with_probs=False)

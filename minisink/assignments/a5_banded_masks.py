@@ -118,7 +118,8 @@ def check_visibility_large():
         S, W = 4, int(rng.integers(1, 40))
         got = (yield run("visibility", query_stream=queries, key_stream=keys, n_sink=S, window=W))["visible"]
         if not np.array_equal(got, banded_visible(queries, keys, S, W)):
-            raise Fail(f"a chunk of 64 queries after 5000 tokens, n_sink={S}, window={W}, seed={seed}: the mask differs")
+            raise Fail(f"a chunk of 64 queries after 5000 tokens, n_sink={S}, window={W}, seed={seed}: "
+                       "the mask differs")
 
 
 def check_token_nll():

@@ -82,10 +82,11 @@ def check_gpt_oss():
         module = torch.nn.Module()
         module.sinks = torch.from_numpy(sigma)
         module.num_key_value_groups = q.shape[1] // k.shape[1]
-        mask = None if visible is None else torch.from_numpy(np.where(visible, 0, -np.inf).astype(np.float32))[None, None]
+        mask = None if visible is None else \
+            torch.from_numpy(np.where(visible, 0, -np.inf).astype(np.float32))[None, None]
         with torch.no_grad():
-            out, probs = eager_attention_forward(module.eval(), *(torch.from_numpy(a.transpose(1, 0, 2))[None] for a in (q, k, v)),
-                                                 mask, scaling=q.shape[2] ** -0.5)
+            qkv = (torch.from_numpy(a.transpose(1, 0, 2))[None] for a in (q, k, v))
+            out, probs = eager_attention_forward(module.eval(), *qkv, mask, scaling=q.shape[2] ** -0.5)
         got = yield run("attention", q=q, k=k, v=v, sink_logits=sigma, visible=visible)
         close("output vs transformers' gpt-oss eager attention (sinks)", got["out"], out[0].numpy(), 1e-4, where)
         close("probabilities vs gpt-oss", got["probs"], probs[0].numpy(), 1e-5, where)

@@ -25,7 +25,7 @@ def stream(q, k, capacity, policy, victim, n_recent=0):
         s = np.einsum("hd,lhd->hl", q[t].astype(np.float64), k[kept].astype(np.float64)) / np.sqrt(q.shape[2])
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         p /= p.sum(axis=-1, keepdims=True)  # [H, L]
-        scores = [a + b for a, b in zip(scores, p.mean(axis=0))]  # H2O's accumulated attention
+        scores = [a + b for a, b in zip(scores, p.mean(axis=0), strict=True)]  # H2O's accumulated attention
         if len(kept) <= capacity:
             evicted.append(-1)
             continue

@@ -95,7 +95,7 @@ def feed(model, ids, cache, chunks=None) -> np.ndarray:
     """Logits [N, V] of `ids` fed through `cache` in pieces of the given sizes (default: one token at a time)."""
     sizes = chunks or [1] * len(ids)
     bounds = np.cumsum([0] + list(sizes))
-    return np.concatenate([model.forward(ids[a:b], cache) for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.concatenate([model.forward(ids[a:b], cache) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 # --- a task shared by assignments 1-4: a tiny model fed through a cache, in the child --------------------------

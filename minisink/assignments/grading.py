@@ -283,7 +283,7 @@ class Child:
         except Exception as e:  # noqa: BLE001: whatever the child sent, the grader goes on
             self.kill()
             raise ChildGone(f"the grading process sent something unreadable {when} ({e}): did your code write "
-                            f"to standard output's file descriptor directly?")
+                            f"to standard output's file descriptor directly?") from e
 
     def _death(self, when: str) -> str:
         try:

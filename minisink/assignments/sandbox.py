@@ -200,7 +200,8 @@ def explain(e: BaseException, folder: Path) -> str:
     frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).parent.resolve() == folder]
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
     hint = " (the grader's memory limit; see --memory-limit)" if isinstance(e, MemoryError) else \
-        " (the grader's limit on what a submission writes: printing in a loop?)" if getattr(e, "errno", 0) == errno.EFBIG else ""
+        " (the grader's limit on what a submission writes: printing in a loop?)" \
+        if getattr(e, "errno", 0) == errno.EFBIG else ""
     return f"{type(e).__name__}{where}: {e}{hint}"
 
 
