@@ -117,10 +117,8 @@ def load_sink_file(path, config=None, values: bool = False) -> dict:
                     out[name] = read_member(z, name, dtype, (), path, CalibrationError, 1 << 16).item()
     except CalibrationError as e:
         raise CalibrationError(f"{e} ({fix})") from None
-    except FileNotFoundError:
-        raise CalibrationError(f"cannot read sink logits from {path}: no such file ({fix})") from None
-    except IsADirectoryError:
-        raise CalibrationError(f"cannot read sink logits from {path}: it is a directory ({fix})") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # the file, not its contents
+        raise CalibrationError(f"cannot read sink logits from {path}: {e.strerror} ({fix})") from None
     except DAMAGED as e:
         raise CalibrationError(f"cannot read sink logits from {path}: not an .npz from `minisink calibrate`, or a "
                                f"damaged one ({type(e).__name__}: {e}); {fix}") from None

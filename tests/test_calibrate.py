@@ -270,8 +270,8 @@ def test_bad_sink_files_are_a_calibration_error(sink_file, tmp_path):
         write_npz(tmp_path / "nan.npz", **{**arrays, "sink_logits": np.full((3, 6), np.nan, np.float32)}): "NaN",
         write_npz(tmp_path / "pickle.npz", **{**arrays, "sink_logits": np.array([{"x": 1}] * 18, object)}):
             "bytes, not the|expected float32",
-        tmp_path: "it is a directory",
-        tmp_path / "missing.npz": "no such file",
+        tmp_path: "Is a directory",
+        tmp_path / "missing.npz": "No such file",
     }
     for bad, message in files.items():
         with pytest.raises(CalibrationError, match=message):
