@@ -7,6 +7,7 @@ log-mean-exp of sink scores recomputed here in float64 from the weights.
 """
 
 import io
+import re
 import tracemalloc
 import zipfile
 
@@ -338,3 +339,14 @@ def test_fuzzed_sink_files_are_refused_or_read_exactly(sink_file, edits):
     assert set(got) <= set(want)  # a damaged member may be skipped only if it was never there: the logits always are
     for name, value in got.items():
         assert np.array_equal(value, want[name]), name
+
+
+def test_calibrate_out_is_checked_before_the_run(checkpoint, text, tmp_path, capsys):  # noqa: F811
+    """Issue 22: `calibrate --out DIR` and `--out FILE/x.npz` died with tracebacks after the whole run."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("in the way")
+    for out, message in [(tmp_path / "folder", "--out .*folder is a directory: give a file name"),
+                         (tmp_path / "a-file" / "x.npz", "--out .*: a file is in the way of the folder")]:
+        code, stdout, err = run(capsys, "calibrate", "--model", checkpoint, "--text", text, "--cache", 32,
+                                "--tokens", 200, "--out", out)
+        assert code == 1 and re.search(message, err) and "sink mass" not in stdout  # no run happened
