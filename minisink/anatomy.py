@@ -57,6 +57,9 @@ def sink_metric_per_layer(alphas: np.ndarray, eps: float = SINK_EPS, key: int = 
 def samples(tokenizer, text: str, n: int, length: int = SINK_TOKENS) -> list[np.ndarray]:
     """n samples of `length` token ids, each from the start of a line, the lines evenly spaced through `text`."""
     lines = [i for i, line in enumerate(text.splitlines(keepends=True)) if len(line) > 1]
+    if not 1 <= n <= len(lines):  # checked before anything is built: n = 10**11 would ask linspace for 800 GB
+        raise ValueError(f"asked for {n} samples, and the text has {len(lines)} lines to start them at: ask for "
+                         f"1 to {len(lines)} samples, or give a longer text")
     starts = np.cumsum([0] + [len(line) for line in text.splitlines(keepends=True)])
     out = []
     for i in np.linspace(0, len(lines) - 1, n + 2, dtype=int)[1:-1]:

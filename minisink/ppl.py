@@ -11,8 +11,6 @@ What it does not: batch several texts, or evaluate the recompute baseline fast (
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, check_output_path
 from .cache import available_memory, kv_bytes_per_token
 from .evaluate import perplexity, stream_nll, stream_nll_together
 from .model import PREFILL_CHUNK
@@ -198,27 +196,9 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def check_out(path, n_tokens: int) -> None:
-    """Raise ValueError now if `save_run` could not write a run of `n_tokens` to `path` later: a directory at the
-    path, a file where a folder should be, a folder we may not write into, or a disk without room for it."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a directory: give a file name ending in .npz or .csv")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"--out {path}: a file is in the way of the folder {path.parent}") from None
-    except OSError as e:
-        raise ValueError(f"--out {path}: cannot make the folder {path.parent} ({e.strerror})") from None
-    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")  # save_run writes a temporary sibling first
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"--out {path}: cannot write into {path.parent} ({e.strerror})") from None
-    need = 24 * n_tokens + 4096  # a .csv line per token is at most ~20 bytes; the .npz 8 bytes per token
-    free = shutil.disk_usage(path.parent).free
-    if free < need:
-        raise ValueError(f"--out {path}: {free} bytes free on that disk, the run needs about {need}")
+    """Raise an OutputError now if `save_run` could not write a run of `n_tokens` to `path` later
+    (atomic.check_output_path: a directory, a file in the way of a folder, a read-only folder, a full disk)."""
+    check_output_path(path, "--out", need_bytes=24 * n_tokens + 4096)  # a .csv line per token is ~20 bytes at most
 
 
 def save_run(run: PplRun, path, source: str = "", model: str = "") -> Path:

@@ -10,9 +10,10 @@ never grows.
 
 The file is a plain NumPy `.npz` (a zip of `.npy` arrays, readable with `np.load`): `header` holds UTF-8 JSON (the
 format and its version, the model's identity, the cache's counters, the caller's own state), the other members
-are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (it reads each `.npy` header
-itself and refuses any dtype or shape but the ones the model's config implies, before reading the data), and a
-zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file and the fix.
+are the cache's arrays. Loading treats the file as untrusted input: it never unpickles (minisink/npzfile.py reads
+each `.npy` header itself and refuses any dtype or shape but the ones the model's config implies, before reading
+the data), and a zip member's CRC-32 catches flipped bytes. Every problem is a `SessionError` naming the file
+and the fix.
 
 The model's identity is its config plus a sha256 of its float32 weights as they sit in memory (every array the
 forward pass reads, in a fixed order; 0.4 s for SmolLM2-135M here, computed once per model object). That is what
@@ -22,7 +23,17 @@ session was saved with: the forward pass uses them, and the keys of every layer 
 
 Saves are atomic: the file is written under a temporary name in the same folder, flushed to disk (fsync), then
 renamed over the old one; a crash or kill -9 at any moment leaves either the previous session or the new one (and,
-if it struck mid-save, the temporary `.NAME.tmp-HOST.PID` beside it, which the next save removes).
+if it struck mid-save, the temporary `.NAME.tmp-HOST.PID` beside it, which the next save removes). A path that is
+a symbolic link is written through: the file it names is updated, the link stays.
+
+Two processes on one session file (two `minisink chat --session talk.npz` at once): each would save its own turns
+over the other's, and the turns of the one that saved first would be lost without a word. So `load_chat` notes
+which file it read (device, inode, size, modification time: a save always makes a new file, so they change with
+every save), and `save_chat`, holding an exclusive lock on the folder (flock), refuses with a SessionError to
+replace a file that is not the one its chat read (or, for a new chat, any file at all): the second writer is told,
+the first one's turns are kept. The plain `save` replaces whatever is there (a library call, one process).
+The header is JSON from an untrusted file: NaN and Infinity are refused, every counter must be an integer in
+range, the random generator's state too, before any of it is used.
 What it does not: save `RecomputeWindow` (it holds token ids, not state worth a format) or the eviction caches.
 """
 
@@ -31,16 +42,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import os
 import weakref
 import zipfile
-import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write
 from .cache import FullCache, SinkCache
+from .npzfile import DAMAGED, read_member, read_npy
 
 FORMAT, VERSION = "minisink-session", 1
 MAX_HEADER_BYTES = 1 << 20  # the JSON header is a few kB; anything bigger is not ours
@@ -96,7 +108,11 @@ def save(path, model, cache, extra: dict | None = None) -> Path:
     counters, arrays = cache.state()
     header = {"format": FORMAT, "version": VERSION, "model": model_identity(model),
               "cache": {"kind": type(cache).__name__, **counters}, "extra": extra or {}}
-    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)  # [bytes] the header as an array
+    try:
+        text = json.dumps(header, allow_nan=False)  # NaN and Infinity are not JSON, and load refuses them
+    except (TypeError, ValueError) as e:
+        raise SessionError(f"the session's extra state must be plain JSON (no NaN or Infinity): {e}") from e
+    blob = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # [bytes] the header as an array
     return write_atomic(Path(path), {"header": blob, **arrays})
 
 
@@ -115,24 +131,31 @@ def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 def load(path, model):
     """Read a session written by `save` -> (cache, extra). Refuses, with a SessionError, a file from another
     model or another format version, and a damaged one; the file itself is only read."""
+    cache, extra, _ = read(path, model)
+    return cache, extra
+
+
+def read(path, model):
+    """`load`, and the stamp (`file_stamp`) of the very file it read -> (cache, extra, stamp)."""
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as z:
+        with open(path, "rb") as raw, zipfile.ZipFile(raw) as z:
+            stamp = file_stamp(os.fstat(raw.fileno()))  # of the file opened, not of whatever the path names later
             header = read_header(z, path)
             check_identity(header, model, path)
             counters, shapes = expected_arrays(header["cache"], model.config, path)
             if set(z.namelist()) != {"header.npy"} | {f"{name}.npy" for name in shapes}:
                 raise SessionError(f"{path} holds {sorted(z.namelist())}, not a {header['cache']['kind']}'s arrays")
-            arrays = {name: read_array(z, name, dtype, shape, path) for name, (dtype, shape) in shapes.items()}
+            arrays = {name: read_member(z, name, dtype, shape, path, SessionError)
+                      for name, (dtype, shape) in shapes.items()}
     except SessionError:
         raise
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError, NotImplementedError,
-            RecursionError) as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
+    except DAMAGED as e:  # what zipfile, json and np.lib.format raise on a damaged file (a bad CRC included)
         raise SessionError(f"{path} is not a readable session file ({type(e).__name__}: {e}): it is damaged or "
                            "not a session; delete it (or pick another file) to start a new session") from e
     check_arrays(header["cache"]["kind"], counters, arrays, path)
     kind = SinkCache if header["cache"]["kind"] == "SinkCache" else FullCache
-    return kind.from_state(model.config, counters, arrays), header["extra"]
+    return kind.from_state(model.config, counters, arrays), header["extra"], stamp
 
 
 def read_header(z: zipfile.ZipFile, path: Path) -> dict:
@@ -140,8 +163,8 @@ def read_header(z: zipfile.ZipFile, path: Path) -> dict:
     if info.file_size > MAX_HEADER_BYTES:
         raise SessionError(f"{path}: a {info.file_size}-byte header is not a session header")
     with z.open(info) as f:
-        blob = read_npy(f, path, "header", np.dtype(np.uint8), None)
-    header = json.loads(blob.tobytes().decode("utf-8"))
+        blob = read_npy(f, path, "header", np.dtype(np.uint8), (None,), SessionError)
+    header = json.loads(blob.tobytes().decode("utf-8"), parse_constant=not_json)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SessionError(f"{path} is not a minisink session (no '{FORMAT}' header)")
     if header.get("version") != VERSION:
@@ -150,6 +173,12 @@ def read_header(z: zipfile.ZipFile, path: Path) -> dict:
     if not (isinstance(header.get("cache"), dict) and isinstance(header.get("extra"), dict)):
         raise SessionError(f"{path}: the header lacks its 'cache' or 'extra' object")
     return header
+
+
+def not_json(name: str):
+    """json.loads calls this for NaN, Infinity and -Infinity, which Python's json reads but JSON does not have."""
+    raise SessionError(f"the header holds {name}, which is not JSON: the file was not written by minisink; start a "
+                       "new session")
 
 
 def check_identity(header: dict, model, path: Path):
@@ -173,10 +202,10 @@ def check_identity(header: dict, model, path: Path):
                            "session")
 
 
-def _int(counters: dict, name: str, low: int, path: Path) -> int:
+def _int(counters: dict, name: str, low: int, path: Path, what: str = "cache counter") -> int:
     value = counters.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 2**53:
-        raise SessionError(f"{path}: cache counter '{name}' = {value!r} is not an integer in [{low}, 2**53)")
+        raise SessionError(f"{path}: {what} '{name}' = {str(value)[:40]} is not an integer in [{low}, 2**53)")
     return value
 
 
@@ -200,34 +229,6 @@ def expected_arrays(cache: dict, config, path: Path):
     raise SessionError(f"{path}: unknown cache kind {cache.get('kind')!r} (SinkCache or FullCache)")
 
 
-def read_array(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple, path: Path) -> np.ndarray:
-    info = z.getinfo(f"{name}.npy")
-    nbytes = dtype.itemsize * math.prod(shape)  # Python ints: a huge shape cannot overflow
-    if not nbytes <= info.file_size <= nbytes + 4096:  # checked before allocating: a header cannot ask for 8 GB
-        raise SessionError(f"{path}: array '{name}' is {info.file_size} bytes, not the {nbytes} (+ header) that "
-                           f"{shape} {dtype} take")
-    with z.open(info) as f:
-        return read_npy(f, path, name, dtype, shape)
-
-
-def read_npy(f, path: Path, name: str, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
-    """One .npy member, read by hand: its header must say exactly `dtype` and `shape` (any 1-D length if None)
-    before a byte of data is read. np.lib.format parses the header with ast.literal_eval (no code runs)."""
-    version = np.lib.format.read_magic(f)
-    if version not in [(1, 0), (2, 0)]:
-        raise SessionError(f"{path}: array '{name}' has .npy version {version}, not 1.0 or 2.0")
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    got_shape, fortran, got_dtype = read(f, max_header_size=4096)
-    if got_dtype != dtype or fortran or (got_shape != shape if shape is not None else len(got_shape) != 1):
-        raise SessionError(f"{path}: array '{name}' is {got_dtype} {got_shape}, expected {dtype} "
-                           f"{shape if shape is not None else '(n,)'}")
-    nbytes = dtype.itemsize * math.prod(got_shape)
-    data = f.read(nbytes + 1)  # read to the end, so that zipfile checks the member's CRC-32
-    if len(data) != nbytes:
-        raise SessionError(f"{path}: array '{name}' holds {len(data)} bytes of data, expected {nbytes}")
-    return np.frombuffer(data, dtype=dtype).reshape(got_shape).copy()  # a writable array of our own
-
-
 def check_arrays(kind: str, counters: dict, arrays: dict, path: Path):
     """Values the shapes cannot vouch for: finite keys and values; for the ring buffer, `slot_token` exactly as
     `seen` tokens fed through it (the last one written at `write - 1`) would leave it."""
@@ -248,12 +249,65 @@ def check_arrays(kind: str, counters: dict, arrays: dict, path: Path):
                            f"{seen} tokens it says it has seen")
 
 
-# ---- a chat ----------------------------------------------------------------------------------------------------
+# ---- a chat, and two processes on one file -------------------------------------------------------------------
+
+# Chat -> (the file it was read from or last saved to, that file's stamp then)
+_read_from: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def file_stamp(stat) -> tuple[int, int, int, int]:
+    """(device, inode, size, modification time in ns) of an os.stat result: every save changes it (a new file)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def stamp_of(path: Path) -> tuple[int, int, int, int] | None:
+    """The stamp of the file at `path` now (None if there is none)."""
+    try:
+        return file_stamp(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """An exclusive lock on `folder` (flock on the directory) while a session in it is checked and replaced: two
+    processes saving there take turns. Where flock does not exist (Windows) the check runs without it."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise SessionError(f"cannot write a session into {folder}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
 
 def save_chat(path, chat) -> Path:
-    """Save a `generate.Chat` after a turn: its cache, its turn counters, its sampler's random state."""
+    """Save a `generate.Chat` after a turn: its cache, its turn counters, its sampler's random state. Refuses (a
+    SessionError, nothing written) when the file at `path` is not the one this chat was loaded from or last saved
+    to: another process saved there in between, and replacing its file would lose its turns."""
+    real = Path(os.path.realpath(path))  # through a symbolic link, as atomic_write writes
+    read_from, stamp = _read_from.get(chat, (None, None))
+    expected = stamp if read_from == real else None  # a chat new to this file expects no file there
     state = {"turns": chat.turns, "fed": chat.fed, "rng": chat.sampler.rng.bit_generator.state}
-    return save(path, chat.model, chat.cache, {"chat": state})
+    with folder_lock(real.parent):
+        now = stamp_of(real)
+        if now != expected:
+            if expected is None:
+                what = f"{path} was created by another process while this chat ran (a second chat on the same file?)"
+            else:
+                what = f"{path} was changed by another process since this chat read it (a second chat on it?)"
+            raise SessionError(f"{what}: this turn is not saved there, so that the other chat's turns are kept; "
+                               "resume from the file again, or give another --session file")
+        save(real, chat.model, chat.cache, {"chat": state})
+        _read_from[chat] = (real, stamp_of(real))
+    return Path(path)
 
 
 def load_chat(path, model, tokenizer, sampler=None):
@@ -261,14 +315,37 @@ def load_chat(path, model, tokenizer, sampler=None):
     the random state is the file's, so a seeded conversation goes on as if it had never stopped)."""
     from .generate import Chat, Sampler
 
-    cache, extra = load(path, model)
-    state = extra.get("chat")
+    path = Path(path)
+    cache, extra, stamp = read(path, model)
     chat = Chat(model, tokenizer, cache, sampler or Sampler())
+    state = extra.get("chat")
+    if not isinstance(state, dict):
+        raise SessionError(f"{path} holds no chat state (a session saved by `session.save`, not a chat); start a "
+                           "new session")
+    chat.turns, chat.fed = (_int(state, name, 0, path, "chat counter") for name in ("turns", "fed"))
+    rng = chat.sampler.rng.bit_generator
+    check_rng_state(state.get("rng"), rng.state, path)
     try:
-        chat.turns, chat.fed = (int(state[k]) for k in ("turns", "fed"))
-        chat.sampler.rng.bit_generator.state = state["rng"]
-    except (TypeError, KeyError, ValueError) as e:
-        raise SessionError(f"{path}: the chat state in its header is damaged ({e}); start a new session") from e
-    if chat.turns < 0 or chat.fed < 0:
-        raise SessionError(f"{path}: the chat state says {chat.turns} turns and {chat.fed} tokens; start a new session")
+        rng.state = state["rng"]
+    except (TypeError, KeyError, ValueError, OverflowError) as e:  # what the checks above did not foresee
+        raise SessionError(f"{path}: the random generator's state is damaged ({e}); start a new session") from e
+    _read_from[chat] = (Path(os.path.realpath(path)), stamp)
     return chat
+
+
+def check_rng_state(saved, template, path: Path, where: str = "rng"):
+    """`saved` must have the shape of the generator's own state `template`: the same keys, the same strings, and
+    an integer in [0, 2**128) wherever it has an integer (NumPy raises OverflowError past its 128-bit words)."""
+    if isinstance(template, dict):
+        if not isinstance(saved, dict) or set(saved) != set(template):
+            raise SessionError(f"{path}: the random generator's state '{where}' is not a {sorted(template)} object; "
+                               "start a new session")
+        for key, value in template.items():
+            check_rng_state(saved[key], value, path, f"{where}.{key}")
+    elif isinstance(template, int):
+        if not isinstance(saved, int) or isinstance(saved, bool) or not 0 <= saved < 2**128:
+            raise SessionError(f"{path}: the random generator's state '{where}' = {str(saved)[:40]} is not an "
+                               "integer in [0, 2**128); start a new session")
+    elif saved != template:
+        raise SessionError(f"{path}: the random generator's state '{where}' is {str(saved)[:40]!r}, not "
+                           f"{template!r}; start a new session")

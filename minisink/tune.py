@@ -5,6 +5,9 @@ in SINKS) over total cache sizes from 64 tokens up to what `budget_mb` holds (ke
 D x 4 bytes per token, 46 KB for SmolLM2), scores the text with each (evaluate.stream_nll, fed in chunks: the same
 NLLs as token by token), and prints the Pareto table (no other setting is smaller, better and faster at once)
 and a recommendation: the smallest cache whose perplexity is within `tolerance` of the best one measured.
+A budget is checked before anything runs: at most MEMORY_SHARE of the available memory (`--budget-mb 1e30` is
+refused at once, not after allocating caches for 25 s); sizes stop at the text's length (a cache that holds the
+whole text is dense attention, a larger one the same scores at more memory).
 What it does not: h2o and tova (they must be fed token by token: `minisink ppl --policy h2o` scores them), nor
 promise that the ranking carries over to another text.
 """
@@ -15,12 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cache import kv_bytes_per_token
+from .cache import available_memory, kv_bytes_per_token
 from .evaluate import perplexity, stream_nll
 from .spec import new_cache
 
 SINKS = (0, 1, 4)  # 0 is window attention
 SMALLEST = 64  # tokens: the first cache size tried
+MEMORY_SHARE = 0.5  # the budget may take at most this share of the available memory
 
 
 @dataclass
@@ -49,9 +53,10 @@ def cache_sizes(max_tokens: int) -> list[int]:
 def sweep(model, ids, budget_mb: float, chunk: int = 256,
           progress: Callable[[int, int, Setting], None] | None = None) -> list[Setting]:
     """Every (sinks, cache size) within the budget, scored on ids; `progress(done, total, setting)` after each."""
+    check_budget(budget_mb)
     per_token = kv_bytes_per_token(model.config)
     max_tokens = int(budget_mb * 2**20 // per_token)
-    sizes = cache_sizes(max_tokens)
+    sizes = cache_sizes(min(max_tokens, max(len(ids), SMALLEST)))
     if not sizes:
         raise ValueError(f"--budget-mb {budget_mb} holds {max_tokens} tokens of keys and values "
                          f"({per_token / 1024:.0f} KiB each): give at least {SMALLEST * per_token / 2**20:.1f} MB")
@@ -66,6 +71,18 @@ def sweep(model, ids, budget_mb: float, chunk: int = 256,
         if progress:
             progress(done, len(plan), out[-1])
     return out
+
+
+def check_budget(budget_mb: float, available: int | None = None):
+    """Raise a ValueError now if `budget_mb` is not a number of MB that MEMORY_SHARE of the available memory
+    (`available` bytes; default: what the system says) can hold."""
+    if not 0 < budget_mb < float("inf"):
+        raise ValueError(f"--budget-mb must be a finite number > 0, got {budget_mb}")
+    available = available_memory() if available is None else available
+    if available is not None and budget_mb * 2**20 > MEMORY_SHARE * available:
+        raise ValueError(f"--budget-mb {budget_mb:g} is more than {MEMORY_SHARE:.0%} of the "
+                         f"{available / 2**20:,.0f} MB of memory available: give at most "
+                         f"{MEMORY_SHARE * available / 2**20:,.0f}")
 
 
 def pareto(settings: list[Setting]) -> list[Setting]:

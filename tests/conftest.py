@@ -1,20 +1,16 @@
-import os
 import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # weights_fetch.py lives at the top level
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
 
-# CI runs a fixed, derandomized profile; a failure prints the example and the seed to reproduce it.
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=25, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+from draws import PROFILE  # noqa: E402  (tests/draws.py registers the ci, dev and deep profiles)
+
+settings.load_profile(PROFILE)
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,14 @@ def test_layer_hook_can_change_the_forward():
     assert np.allclose(model.forward(ids, new_cache(model), layer_hook=zero_last), 0)  # norm(0) = 0: logits 0
 
 
+@pytest.mark.parametrize("n", [0, -1, 4, 10**11])
+def test_sample_counts_out_of_range_are_refused_before_any_work(n):
+    """Issue 22: `attn --sink-metric -1` / `--massive -1` ended in "need at least one array to stack" after the
+    table printed; a huge count would ask np.linspace for hundreds of GB."""
+    with pytest.raises(ValueError, match=rf"asked for {n} samples, and the text has 3 lines .* 1 to 3 samples"):
+        anatomy.samples(None, "one line\ntwo lines\n\nthree lines\n", n)
+
+
 from test_cli_experiments import WORDS, checkpoint, run  # noqa: E402,F401  (the tiny checkpoint with a tokenizer)
 
 

@@ -11,6 +11,7 @@ from minisink.reference import loop_attention
 from minisink.cache import KVBlock
 from minisink.model import QUERY_TILE, attention
 from minisink.rope import rotation
+from draws import examples
 
 
 @st.composite
@@ -36,7 +37,7 @@ def cases(draw):
     return q, blocks, Hkv
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(cases())
 def test_tiles_equal_the_plain_loop(case):
     q, blocks, Hkv = case

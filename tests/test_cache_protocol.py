@@ -20,6 +20,7 @@ import minisink.model
 from minisink.cache import FullCache
 from minisink.evaluate import logits
 from minisink.spec import new_cache
+from draws import examples
 from tiny import tiny_model
 
 VOCAB = 97  # tests/tiny.py
@@ -73,7 +74,7 @@ def runs(draw):
     return kind, layers, S, W, chunks, faults
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(runs())
 def test_an_interrupted_chunk_leaves_every_cache_as_it_was(run):
     kind, layers, S, W, chunks, faults = run

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
-from hypothesis import given, note, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 from minisink import CacheError
@@ -31,6 +31,7 @@ from minisink.ppl import run_ppl
 from minisink.eviction import H2OCache, SnapKVCache, TOVACache
 from minisink.reference import EvictionReference
 from minisink.spec import CacheSpec, new_cache
+from draws import examples
 from tiny import tiny_model
 
 TOL = 1e-5
@@ -160,10 +161,14 @@ def test_e4_exception_mid_forward_changes_nothing(kind, options, where, when):
 
 
 @given(streams(max_tokens=30))
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
+# found by the deep profile (seed 777001): the dense row's last NLL, 6.47449, was 1.3e-5 (14 float32 ulps) off
+@example(stream=("L2-H6-KV3", np.array([74, 11, 96, 63, 77, 55, 76, 15, 32, 77, 96, 36, 85, 36, 28]), []))
 def test_e5_streams_together_equal_one_at_a_time(stream):
     """E5: stream_nll_together (B caches fed the same tokens, matrix products stacked) equals stream_nll with
-    chunk 1 for each cache: policies that read attention and ones that do not."""
+    chunk 1 for each cache: policies that read attention and ones that do not. Stacked and single products sum in
+    another order: in float32 an NLL of 6 to 10 nats then differs by some ulps, so the tolerance is relative too
+    (rtol 1e-5; a cache that keeps the wrong tokens is off by 1e-2 or more)."""
     name, tokens, _ = stream
     if len(tokens) < 2:
         return
@@ -172,7 +177,7 @@ def test_e5_streams_together_equal_one_at_a_time(stream):
              CacheSpec.parse("sink", sinks=2, window=4), CacheSpec.parse("dense")]
     together = stream_nll_together(m, tokens, [new_cache(m, s) for s in specs])
     for spec, row in zip(specs, together, strict=True):
-        np.testing.assert_allclose(row, stream_nll(m, tokens, new_cache(m, spec), chunk=1), atol=1e-5,
+        np.testing.assert_allclose(row, stream_nll(m, tokens, new_cache(m, spec), chunk=1), rtol=1e-5, atol=1e-5,
                                    err_msg=str(spec))
 
 

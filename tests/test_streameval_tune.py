@@ -153,8 +153,9 @@ def test_cli_ppl_several_budgets_in_one_pass(checkpoint, tmp_path, capsys):
             want = stream_nll(m, ids, new_cache(m, "h2o", budget=budget), chunk=1)
             np.testing.assert_allclose(z["nll"], want, atol=1e-5)
             assert str(z["mode"]) == "h2o" and int(z["window"]) == budget and int(z["heavy"]) == budget // 2
-    with pytest.raises(SystemExit, match="--budget and --heavy go with --policy h2o or tova"):
+    with pytest.raises(SystemExit) as e:  # usage: exit status 2, the message on stderr (as argparse's)
         main(["ppl", "--model", str(path), "--text", str(text), "--mode", "sink", "--budget", "8"])
+    assert e.value.code == 2 and "--budget and --heavy go with --policy h2o or tova" in capsys.readouterr().err
 
 
 def test_cli_tune_and_streameval(checkpoint, capsys):
@@ -169,3 +170,78 @@ def test_cli_tune_and_streameval(checkpoint, capsys):
                  "--distance", "3", "--queries", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("accuracy ") and out[-1].endswith("of 2)") and len(out) == 3
+
+
+# ---- bounded work (issue 22) ---------------------------------------------------------------------------------------
+
+def streameval_flags() -> set[str]:
+    from minisink.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a.choices, dict) and "streameval" in a.choices)
+    return {flag for a in action.choices["streameval"]._actions for flag in a.option_strings}
+
+
+@pytest.mark.parametrize("n", [1, 5, 24, 90, 91, 500, 3000])
+def test_filler_is_tiled_exactly_as_it_would_be_encoded(n):
+    """filler_ids tiles one period of the filler's tokens: the same ids as encoding the repeated text whole."""
+    tok = CharTokenizer()
+    assert se.filler_ids(tok, n).tolist() == tok.encode(se.FILLER * (n // 8 + 2))[:n]
+
+
+@pytest.mark.real
+def test_filler_and_lines_match_whole_encodings_on_the_real_tokenizer(real_tokenizer):
+    for n in (1, 24, 100, 1000, 5000):
+        assert se.filler_ids(real_tokenizer, n).tolist() == real_tokenizer.encode(se.FILLER * (n // 8 + 2))[:n]
+    for ids, _, _ in se.lines_pieces(real_tokenizer, 700, 2, np.random.default_rng(0)):  # 3 blocks of lines, then 1
+        assert ids.tolist() == real_tokenizer.encode(real_tokenizer.decode(ids))
+
+
+@pytest.mark.parametrize("task, policy, distance", [("passkey", "sink", 10**9), ("passkey", "dense", 10**6),
+                                                    ("lines", "sink", 99999999999), ("lines", "dense", 10**6)])
+def test_a_stream_too_large_for_memory_is_refused_before_it_is_built(task, policy, distance, monkeypatch):
+    """Issue 22: `--task lines --distance 99999999999` looped silently while its memory grew; `--distance 1000000000`
+    (passkey) tokenized a billion-token filler at once and was killed at 24 GB. Refused at once, naming flags that
+    `minisink streameval` has."""
+    import re
+    import time
+    import tracemalloc
+
+    monkeypatch.setattr(se, "available_memory", lambda: 8 << 30)
+    model, start = tiny_model(), time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"stream of about [\d,]+ tokens .* lower --distance or --queries") as e:
+            se.run_streameval(model, CharTokenizer(), task, CacheSpec.parse(policy), distance=distance)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 5 and peak < 8 << 20
+    assert set(re.findall(r"--[a-z-]+", str(e.value))) <= streameval_flags()
+    assert ("--policy" in str(e.value)) == (policy == "dense")
+
+
+def test_a_stream_that_fits_is_not_refused():
+    sink = CacheSpec.parse("sink", sinks=4, window=252)
+    se.check_plan(tiny_model().config, CharTokenizer(), "passkey", sink, 10**6, 10, available=8 << 30)
+    with pytest.raises(ValueError, match=r"more than 50% of the 0.1 GiB available"):
+        se.check_plan(tiny_model().config, CharTokenizer(), "passkey", sink, 2 * 10**6, 10, available=100 << 20)
+
+
+def test_tune_budget_beyond_memory_is_refused_at_once():
+    """Issue 22: `tune --budget-mb 1e30` grew to 6.7 GB over 25 s before refusing."""
+    import time
+
+    m, ids, start = tiny_model(), np.random.default_rng(5).integers(0, 97, 300), time.perf_counter()
+    with pytest.raises(ValueError, match=r"--budget-mb 1e\+30 is more than 50% of the 8,192 MB .* give at most 4,096"):
+        tune.check_budget(1e30, available=8 << 30)
+    with pytest.raises(ValueError, match="--budget-mb 1e\\+30 is more than"):
+        tune.sweep(m, ids, 1e30)
+    assert time.perf_counter() - start < 2
+    tune.check_budget(4096, available=8 << 30)
+
+
+def test_tune_sizes_stop_at_the_texts_length():
+    m = tiny_model()
+    ids = np.random.default_rng(5).integers(0, 97, 100)
+    settings = tune.sweep(m, ids, 1000 * kv_bytes_per_token(m.config) / 2**20, chunk=64)
+    assert {s.sinks + s.window for s in settings} == {64, 100}  # not 128, 256, 512, 1000: the same scores as 100

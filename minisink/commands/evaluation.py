@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import (add_cache_options, add_model_option, add_sink_options, add_text_options, apply_sink_options,
-                   cache_spec, int_at_least, load, model_dir, positive_float, read_text, read_text_file)
+from ..cli import (UsageError, add_cache_options, add_model_option, add_sink_options, add_text_options,
+                   apply_sink_options, cache_spec, int_at_least, load, model_dir, positive_float, read_text,
+                   read_text_file)
 
 
 def say(message: str):
@@ -43,11 +44,11 @@ def cmd_ppl(args):
     if prefix and args.sinks is None and (args.policy or "sink") == "sink":
         args.sinks = len(prefix)  # the prefix is the sinks (the paper's Table 1)
     specs = [cache_spec(args, budget=b) for b in (args.budget or [None])]
+    if len(specs) > 1 and args.heavy is not None:
+        raise UsageError("--heavy goes with one --budget (several budgets are each split evenly)")
+    if len(specs) > 1 and prefix:
+        raise UsageError("--sink-prefix goes with one run, not several --budget values")
     try:
-        if len(specs) > 1 and args.heavy is not None:
-            raise ValueError("--heavy goes with one --budget (several budgets are each split evenly)")
-        if len(specs) > 1 and prefix:
-            raise ValueError("--sink-prefix goes with one run, not several --budget values")
         ids = load_text_ids(tok, text, args.tokens)
         if len(ids) < 2:
             raise ValueError(f"{source} holds {len(ids)} token(s): at least 2 are needed")
@@ -97,18 +98,21 @@ def cmd_calibrate(args):
     from ..calibrate import CalibrationError, calibrate, format_table, split_text
     from ..corpus import load_text_ids
 
+    from ..atomic import check_output_path
+
+    check_output_path(args.out, "--out")  # a directory, a file in the way, a read-only folder: now, not after the run
     if args.cache is not None:
         if args.window is not None:
-            raise SystemExit("error: --cache is the old spelling of --sinks + --window: give --window alone")
+            raise UsageError("--cache is the old spelling of --sinks + --window: give --window alone")
         sinks = 4 if args.sinks is None else args.sinks
         if args.cache <= sinks:
-            raise SystemExit(f"error: --cache {args.cache} leaves no window beside {sinks} sinks: give --window W")
+            raise UsageError(f"--cache {args.cache} leaves no window beside {sinks} sinks: give --window W")
         args.window = args.cache - sinks
         say(f"note: --cache {args.cache} is deprecated: the same cache is --sinks {sinks} --window {args.window} "
             "(the window excludes the sinks, in every command)")
     spec = cache_spec(args)
     if spec.policy != "sink" or spec.sinks < 1 or not spec.renumber:
-        raise SystemExit(f"error: calibrate streams through a sink cache with at least one sink (--sinks S >= 1 "
+        raise UsageError(f"calibrate streams through a sink cache with at least one sink (--sinks S >= 1 "
                          f"--window W, positions within the cache), not {spec}")
     text, source = read_text(args)
     model, tok = load(args)
@@ -140,6 +144,10 @@ def add_streameval(sub):
 
 def cmd_streameval(args):
     from .. import streameval as se
+    from ..atomic import check_output_path
+
+    if args.out:
+        check_output_path(args.out, "--out")  # before the run, not after it (a directory once died at the rename)
 
     if args.policy in ("h2o", "tova") and args.window is not None and args.budget is None:
         # streameval used to give h2o and tova a budget of sinks + window: say so, and run that budget
@@ -161,7 +169,8 @@ def cmd_streameval(args):
 
     say(f"cache {spec}")
     try:
-        results = se.run_streameval(model, tok, args.task, spec, args.distance, args.queries, args.seed, report)
+        results = se.run_streameval(model, tok, args.task, spec, args.distance, args.queries, args.seed, report,
+                                    progress=say if sys.stderr.isatty() else None)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(se.accuracy_line(results))
@@ -188,6 +197,10 @@ def cmd_tune(args):
     from .. import tune
     from ..corpus import load_text_ids
 
+    try:
+        tune.check_budget(args.budget_mb)  # before the model loads: a budget beyond the memory is refused at once
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     text = read_text_file(args.text)
     model, tok = load(args)
 

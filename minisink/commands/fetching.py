@@ -23,19 +23,20 @@ def add_fetch(sub):
     p.add_argument("--corpus", choices=("kjv",), help="fetch a long text instead of a model")
     p.add_argument("--quiet", action="store_true", help="no progress output; print only the path")
     p.add_argument("--verify", action="store_true",
-                   help="only check the folder against its manifest (sizes and sha256), fetch nothing; exit 2 if it "
+                   help="only check the folder against its manifest (sizes and sha256), fetch nothing; exit 1 if it "
                         "differs (every fetch also checks, and fetches a damaged folder again)")
     p.set_defaults(func=cmd_fetch)
 
 
 def cmd_fetch(args):
+    from ..cli import UsageError
     from ..corpus import fetch_kjv
     from ..fetch import default_model_dir, fetch, verify
 
     progress = not args.quiet
     if args.verify:
         if args.corpus or args.force:
-            raise SystemExit("error: --verify checks a model folder and fetches nothing: drop --corpus / --force")
+            raise UsageError("--verify checks a model folder and fetches nothing: drop --corpus / --force")
         dest = args.dest or default_model_dir()
         print(f"{dest}: all {verify(dest)} files match the sizes and sha256 in its manifest")
         return

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
+from ..atomic import check_output_path
 from ..cli import (add_cache_options, add_model_option, add_sampling_options, add_sink_options, apply_sink_options,
                    cache_spec, load, make_sampler)
 
@@ -125,9 +125,9 @@ def start_chat(model, tok, args, spec, sampler, prefix=()):
     from ..spec import new_cache
 
     path = Path(args.session) if args.session else None
+    if path is not None:  # a directory, a file in the way, a read-only folder: before the first turn, not after it
+        check_output_path(path, "--session")
     if path is None or not path.exists():
-        if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
-            raise SystemExit(f"error: cannot write the session {path}: {path.parent} is not a writable folder")
         cache = new_cache(model, spec)
         if prefix:
             model.forward(prefix, cache)  # the sink prefix comes before the first turn

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli import add_model_option, int_at_least, load, model_dir, read_text_file
+from ..atomic import check_output_path
+from ..cli import UsageError, add_model_option, int_at_least, load, model_dir, read_text_file
 
 
 def add_attn(sub):
@@ -18,9 +19,9 @@ def add_attn(sub):
     p.add_argument("--plot", metavar="DIR", help="write attention_maps.png and sink_mass.png into DIR (matplotlib); "
                                                  "with the flags below also sink_metric.png, massive_activations.png")
     add_model_option(p)
-    p.add_argument("--sink-metric", type=int, metavar="N",
+    p.add_argument("--sink-metric", type=int_at_least(1), metavar="N",
                    help="Gu et al.'s sink metric on N samples of 64 tokens (of --samples-from, default the KJV)")
-    p.add_argument("--massive", type=int, metavar="N",
+    p.add_argument("--massive", type=int_at_least(1), metavar="N",
                    help="massive activations of the prompt per layer (Sun et al.), and the zero/mean intervention's "
                         "perplexity on N samples of 256 tokens")
     p.add_argument("--samples-from", dest="corpus_text", metavar="FILE",
@@ -32,7 +33,14 @@ def cmd_attn(args):
     from .. import anatomy
     from .. import attention_maps as am
 
-    text = read_text_file(args.text) if args.text else (args.prompt or am.DEFAULT_PROMPT)
+    if args.prompt is not None and args.text is not None:
+        raise UsageError("give the text to look at once: --prompt TEXT or --text FILE")
+    if args.plot:  # a file where the folder should be, or a read-only one: now, not after the table
+        check_output_path(Path(args.plot) / "attention_maps.png", "--plot")
+    text = read_text_file(args.text) if args.text else (am.DEFAULT_PROMPT if args.prompt is None else args.prompt)
+    if not text.strip():
+        raise SystemExit(f"error: {'--prompt' if args.text is None else args.text} holds no text (only whitespace): "
+                         "nothing to look at")
     model, tok = load(args)
     ids = tok.encode(text)
     try:
