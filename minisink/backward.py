@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import Llama, linear, rms_norm, silu
+from .config import ATTENTION_VARIANTS
+from .model import Llama
 from .rope import Rotation, apply_rope, rotation
-
-VARIANTS = ("softmax", "softmax1", "sink-logit", "sink-token", "sigmoid")
-
 
 # ---- the LM head and cross-entropy -------------------------------------------------------------------------------
 
@@ -133,27 +131,28 @@ def swiglu_backward(d_act: np.ndarray, gate_up: np.ndarray) -> np.ndarray:
 # ---- grouped-query causal attention, training -----------------------------------------------------------------------
 
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_samples: int, variant: str = "softmax",
-                      sink_logits: np.ndarray | None = None, sigmoid_bias: float = 0.0) -> tuple[np.ndarray, dict]:
+                      sink_logits: np.ndarray | None = None, sigmoid_bias: float | None = None
+                      ) -> tuple[np.ndarray, dict]:
     """Causal grouped-query attention of B = n_samples samples, each attending to its own T tokens only.
 
     q [N, H, D], k and v [N, Hkv, D] (q, k already rotated; N = B * T rows, sample after sample) -> (output
     [N, H * D], what the backward needs). Query head h uses KV head h // G, as in `model.attention`: the G query
     heads of a KV head are stacked into one [G*T, D] matrix, so each (sample, KV head) is one matrix product.
-    `sink_logits` [H] are the "sink-logit" sigmas; "softmax1" uses sigma = 0.
+    `sink_logits` [H] are the "sink-logit" sigmas; "softmax1" uses sigma = 0; "sink-token" is plain softmax here.
 
     Sigmoid: Gu et al.'s code (sail-sg/Attention-Sink, lit_gpt/model_attn_sim.py, `eager_scaled_dot_product_attention`
     with the config `tinyllama_60M_sim_sigmoid_no_norm`: sim="sigmoid", attention_normalize=False) computes
-    sigmoid(q.k / sqrt(D)) times the 0/1 causal mask, with no bias: b = 0, the default of `sigmoid_bias`. (Their
-    `attention_bias` argument is that 0/1 mask, not a score bias.) Ramapuram et al. 2024 (arXiv 2409.04431) use
-    b = -log(sequence length) instead, which starts every weight near 1/T; `sigmoid_bias` lets a run choose it.
+    sigmoid(q.k / sqrt(D)) times the 0/1 causal mask, with no bias: b = 0, so `sigmoid_bias` 0.0 trains as they did.
+    (Their `attention_bias` argument is that 0/1 mask, not a score bias.) Ramapuram et al. 2024 (arXiv 2409.04431)
+    use b = -log(sequence length) instead, which starts every weight near 1/T; `sigmoid_bias` lets a run choose.
     """
     N, H, D = q.shape
     Hkv = k.shape[1]
     B, G = n_samples, H // Hkv
     T = N // B
     assert B * T == N and k.shape == v.shape == (N, Hkv, D), f"q {q.shape}, k {k.shape}, v {v.shape}, B {B}"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown attention_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    if variant not in ATTENTION_VARIANTS:
+        raise ValueError(f"unknown attention_variant {variant!r}: expected one of {', '.join(ATTENTION_VARIANTS)}")
     qh = (q * D ** -0.5).reshape(B, T, Hkv, G, D).transpose(0, 2, 3, 1, 4).reshape(B, Hkv, G * T, D)  # row g*T + t
     # [B, Hkv, T, D] copies: k and v are column slices of the layer's fused qkv rows, and NumPy's stacked matmul
     # falls back from BLAS to a loop many times slower on such strided views (measured: 1.4 s instead of 40 ms)
@@ -234,9 +233,9 @@ class CausalAttention:
     """The `attend(n, q, k, v)` callback of `Llama.decoder` for training: B samples of T tokens, each causal on its
     own. It keeps what each layer's attention backward needs, in `saved[n]`."""
 
-    def __init__(self, n_samples: int, variant: str, sink_logits: np.ndarray | None, sigmoid_bias: float):
+    def __init__(self, n_samples: int, variant: str, sink_logits: np.ndarray | None, sigmoid_bias: float | None):
         self.n_samples, self.variant = n_samples, variant
-        self.sink_logits, self.sigmoid_bias = sink_logits, sigmoid_bias  # [layers, H] or None; a float
+        self.sink_logits, self.sigmoid_bias = sink_logits, sigmoid_bias  # [layers, H] or None; b for "sigmoid"
         self.saved: dict[int, dict] = {}
 
     def __call__(self, n: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -313,32 +312,6 @@ def training_rotation(model: Llama, n_samples: int, T: int) -> Rotation:
     return Rotation(np.tile(rot.cos, (n_samples, 1, 1)), np.tile(rot.sin, (n_samples, 1, 1)))
 
 
-def _decoder(model: Llama, x: np.ndarray, rot: Rotation, attend, saved: dict) -> np.ndarray:
-    """Until model.py's `Llama.decoder` lands (branch core): the decoder stack of `Llama.forward_chunk` over N rows,
-    saving what the backward needs. x [N, d_model], updated in place -> final hidden states [N, d_model]."""
-    c = model.config
-    N, H, Hkv, D = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    saved["layers"] = []
-    for n, layer in enumerate(model.layers):
-        s = {"x_in": x.copy()}
-        s["h_attn"] = h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [N, d_model]
-        qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [N, (H + 2 Hkv) * D]
-        qk = apply_rope(qkv[:, :(H + Hkv) * D].reshape(N, H + Hkv, D), rot)
-        s["q"], s["k"] = q, k = qk[:, :H], qk[:, H:]
-        s["v"] = v = qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D)
-        s["out"] = out = attend(n, q, k, v)  # [N, H * D]
-        x += linear(out, layer.o_proj, layer.o_bias)
-        s["x_mid"] = x.copy()
-        s["h_mlp"] = h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-        s["gate_up"] = gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [N, 2 I]
-        mlp_width = gate_up.shape[1] // 2  # I
-        s["act"] = act = silu(gate_up[:, :mlp_width]) * gate_up[:, mlp_width:]  # [N, I]
-        x += linear(act, layer.down_proj, layer.down_bias)
-        saved["layers"].append(s)
-    saved["x_final"] = x.copy()
-    return rms_norm(x, model.norm, c.rms_norm_eps)
-
-
 def check_token_ids(model: Llama, token_ids) -> np.ndarray:
     """token_ids as an int64 array [B, T + 1], or a ValueError that says what is wrong with them."""
     ids = np.asarray(token_ids)
@@ -360,16 +333,13 @@ def training_forward(model: Llama, inputs: np.ndarray) -> tuple[np.ndarray, dict
     alone with a fresh cache (a test checks it)."""
     c = model.config
     B, T = inputs.shape
-    variant = getattr(c, "attention_variant", "softmax")
-    if variant == "sink-logit" and model.sink_logits is None:
-        raise ValueError("attention_variant 'sink-logit' needs model.sink_logits [layers, heads] (the weights "
-                         "model.layers.N.self_attn.sinks)")
-    sink_logits = model.sink_logits if variant == "sink-logit" else None
-    attend = CausalAttention(B, variant, sink_logits, getattr(c, "sigmoid_bias", 0.0))
+    variant = c.attention_variant  # "sink-token" is "softmax" here: its sink is a token the data prepends
+    attend = CausalAttention(B, variant, model.sink_logits if variant == "sink-logit" else None, c.sigmoid_bias)
     ids = inputs.reshape(-1)  # [N], sample after sample
     saved: dict = {"ids": ids, "rotation": training_rotation(model, B, T), "attention": attend.saved}
     x = model.embed_tokens[ids]  # [N, d_model], a copy: the residual stream
-    saved["h"] = h = _decoder(model, x, saved["rotation"], attend, saved)  # [N, d_model], after the final norm
+    # the model's own decoder layers, which fill saved["layers"] and saved["x_final"]; attend fills saved["attention"]
+    saved["h"] = h = model.decoder(x, saved["rotation"], attend, saved=saved)  # [N, d_model], after the final norm
     return h @ model.lm_head.T, saved  # [N, V]
 
 
