@@ -283,28 +283,22 @@ def layer_backward(d_x: np.ndarray, layer, saved: dict, attention_saved: dict, r
     d_in, d_input_norm = rms_norm_backward(d_h, saved["x_in"], layer.input_layernorm, eps)
     d_in += d_mid  # the residual: x_in reaches x_mid directly too
 
-    a, m = prefix + "self_attn.", prefix + "mlp."
     mlp_width = d_gate_up_proj.shape[0] // 2  # I
     grads[prefix + "input_layernorm.weight"] = d_input_norm
-    split = {a + "q_proj": slice(0, H * D), a + "k_proj": slice(H * D, (H + Hkv) * D),
-             a + "v_proj": slice((H + Hkv) * D, None)}
-    for name, rows in split.items():
-        grads[name + ".weight"] = d_qkv_proj[rows]
-        if d_qkv_b is not None:
-            grads[name + ".bias"] = d_qkv_b[rows]
-    grads[a + "o_proj.weight"] = d_o
-    if d_o_b is not None:
-        grads[a + "o_proj.bias"] = d_o_b
-    if d_sinks is not None and attention_saved["variant"] == "sink-logit":  # softmax1's sigma is fixed at 0
-        grads[a + "sinks"] = d_sinks
     grads[prefix + "post_attention_layernorm.weight"] = d_post_norm
-    for name, rows in {m + "gate_proj": slice(0, mlp_width), m + "up_proj": slice(mlp_width, None)}.items():
-        grads[name + ".weight"] = d_gate_up_proj[rows]
-        if d_gate_up_b is not None:
-            grads[name + ".bias"] = d_gate_up_b[rows]
-    grads[m + "down_proj.weight"] = d_down
-    if d_down_b is not None:
-        grads[m + "down_proj.bias"] = d_down_b
+    projections = [("self_attn.q_proj", d_qkv_proj, d_qkv_b, slice(0, H * D)),  # the fused gradients split back
+                   ("self_attn.k_proj", d_qkv_proj, d_qkv_b, slice(H * D, (H + Hkv) * D)),
+                   ("self_attn.v_proj", d_qkv_proj, d_qkv_b, slice((H + Hkv) * D, None)),
+                   ("self_attn.o_proj", d_o, d_o_b, slice(None)),
+                   ("mlp.gate_proj", d_gate_up_proj, d_gate_up_b, slice(0, mlp_width)),
+                   ("mlp.up_proj", d_gate_up_proj, d_gate_up_b, slice(mlp_width, None)),
+                   ("mlp.down_proj", d_down, d_down_b, slice(None))]
+    for name, d_weight, d_bias, rows in projections:
+        grads[prefix + name + ".weight"] = d_weight[rows]  # [out, in]
+        if d_bias is not None:
+            grads[prefix + name + ".bias"] = d_bias[rows]  # [out]
+    if attention_saved["variant"] == "sink-logit":  # softmax1's sigma is fixed at 0: no weight
+        grads[prefix + "self_attn.sinks"] = d_sinks  # [H]
     return d_in
 
 

@@ -32,18 +32,22 @@ FD_TOL = 1e-6  # norm-relative error allowed against central differences (float6
 ORACLE_TOL = 1e-4  # norm-relative error allowed against torch (float32 both)
 
 
+def central_difference(loss, x: np.ndarray, index) -> float:
+    """d loss() / d x[index], by (loss(x + EPS) - loss(x - EPS)) / (2 EPS) at that entry; x float64, restored."""
+    old = x[index]
+    x[index] = old + EPS
+    up = loss()
+    x[index] = old - EPS
+    down = loss()
+    x[index] = old
+    return (up - down) / (2 * EPS)
+
+
 def numerical_gradient(loss, x: np.ndarray) -> np.ndarray:
-    """d loss() / d x by central differences, x float64 and changed in place (and restored) entry by entry."""
+    """d loss() / d x by central differences, every entry of x."""
     grad = np.zeros_like(x)
-    flat = x.reshape(-1)  # a view: writing it nudges x
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        up = loss()
-        flat[i] = old - EPS
-        down = loss()
-        flat[i] = old
-        grad.reshape(-1)[i] = (up - down) / (2 * EPS)
+    for index in np.ndindex(x.shape):
+        grad[index] = central_difference(loss, x, index)
     return grad
 
 
@@ -200,13 +204,7 @@ def test_whole_model_against_central_differences(overrides):
         assert w.dtype == np.float64 and grads[name].shape == w.shape, name
         for i in rng.choice(w.size, size=min(3, w.size), replace=False):
             index = np.unravel_index(i, w.shape)
-            old = w[index]
-            w[index] = old + EPS
-            up = loss_only()
-            w[index] = old - EPS
-            down = loss_only()
-            w[index] = old
-            want = (up - down) / (2 * EPS)
+            want = central_difference(loss_only, w, index)
             assert abs(grads[name][index] - want) < 1e-6 * max(1.0, abs(want)), f"{name}{index}"
 
 
