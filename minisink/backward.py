@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ATTENTION_VARIANTS
-from .model import Llama
+from .model import InputError, Llama
 from .rope import Rotation, apply_rope, rotation
 
 # ---- the LM head and cross-entropy -------------------------------------------------------------------------------
@@ -311,17 +311,17 @@ def training_rotation(model: Llama, n_samples: int, T: int) -> Rotation:
 
 
 def check_token_ids(model: Llama, token_ids) -> np.ndarray:
-    """token_ids as an int64 array [B, T + 1], or a ValueError that says what is wrong with them."""
+    """token_ids as an int64 array [B, T + 1], or an InputError that says what is wrong with them."""
     ids = np.asarray(token_ids)
     if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 2:
-        raise ValueError(f"token_ids must be a 2-D array [B, T + 1] with B >= 1 samples of at least 2 tokens (each "
+        raise InputError(f"token_ids must be a 2-D array [B, T + 1] with B >= 1 samples of at least 2 tokens (each "
                          f"row's ids[:, 1:] are predicted from its ids[:, :-1]), got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"token_ids must be integers, got dtype {ids.dtype}")
+        raise InputError(f"token_ids must be integers, got dtype {ids.dtype}")
     V = model.config.vocab_size
     bad = ids[(ids < 0) | (ids >= V)]
     if bad.size:
-        raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {V}")
+        raise InputError(f"token id {int(bad[0])} is out of range for a vocabulary of {V}")
     return ids.astype(np.int64)
 
 

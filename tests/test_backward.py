@@ -23,7 +23,7 @@ from minisink.backward import (attention_backward, attention_forward, cross_entr
                                cross_entropy_backward, embedding_backward, linear_backward, loss_and_grads,
                                rms_norm_backward, rope_backward, swiglu_backward, training_forward)
 from minisink.config import ATTENTION_VARIANTS
-from minisink.model import linear, rms_norm, silu
+from minisink.model import InputError, linear, rms_norm, silu
 from minisink.rope import apply_rope, rotation
 from tiny import tiny_model
 
@@ -380,11 +380,11 @@ def test_training_logits_equal_llama_forward(overrides):
 
 def test_bad_token_ids_are_clear_errors():
     model = tiny_model(0)
-    with pytest.raises(ValueError, match="2-D array"):
+    with pytest.raises(InputError, match="2-D array"):
         loss_and_grads(model, np.zeros(5, dtype=int))
-    with pytest.raises(ValueError, match="at least 2 tokens"):
+    with pytest.raises(InputError, match="at least 2 tokens"):
         loss_and_grads(model, np.zeros((2, 1), dtype=int))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         loss_and_grads(model, np.full((2, 3), model.config.vocab_size))
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(InputError, match="integers"):
         loss_and_grads(model, np.zeros((2, 3)))
