@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minisink
+import minisink.backward
 from minisink.backward import (attention_backward, attention_forward, cross_entropy,
                                cross_entropy_backward, embedding_backward, linear_backward, loss_and_grads,
                                rms_norm_backward, rope_backward, swiglu_backward, training_forward)
@@ -143,6 +144,17 @@ def test_swiglu_backward(seed, N, width, scale):
         return np.sum(silu(gate_up[:, :width]) * gate_up[:, width:] * d_act)
 
     assert_close(swiglu_backward(d_act, gate_up), numerical_gradient(loss, gate_up))
+
+
+def test_swiglu_backward_over_several_row_blocks():
+    """More rows than ROW_BLOCK: every block gets the formula, written here whole, in float64."""
+    rng = np.random.default_rng(0)
+    N, width = 2 * minisink.backward.ROW_BLOCK + 7, 5
+    gate_up, d_act = randn(rng, N, 2 * width, scale=3), randn(rng, N, width)
+    gate, up = gate_up[:, :width], gate_up[:, width:]
+    sig = 1 / (1 + np.exp(-gate))
+    want = np.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * gate * sig], axis=1)
+    assert_close(swiglu_backward(d_act, gate_up), want, tol=1e-12)
 
 
 @given(seed=seeds, B=st.integers(1, 2), T=st.integers(1, 4), kv_heads=st.integers(1, 2), G=st.integers(1, 2),
