@@ -7,8 +7,10 @@
    `loss.backward()`; every weight's gradient within 1e-4 norm-relative (float32), on GQA and MHA, tied and untied
    embeddings, odd head widths, several rope_theta, biases, sequence lengths 1 to 64.
 3. The attention variants against torch autograd through small torch functions written here (transformers' gpt-oss
-   `eager_attention_forward` for the sink logit).
-4. The training forward gives `Llama.forward`'s logits on the same weights.
+   `eager_attention_forward` for the sink logit): the attention alone, then the whole model, as transformers' Llama
+   with that function as its attention (its AttentionInterface) and a `self_attn.sinks` parameter for the sink logit.
+4. The training forward gives `Llama.forward`'s logits on the same weights, for every variant.
+Parts 2 and 3 skip without torch and transformers (the `oracle` extra); parts 1 and 4 need neither.
 """
 
 from dataclasses import fields
@@ -20,9 +22,9 @@ from hypothesis import strategies as st
 
 import minisink
 import minisink.backward
-from minisink.backward import (attention_backward, attention_forward, cross_entropy,
-                               cross_entropy_backward, embedding_backward, linear_backward, loss_and_grads,
-                               rms_norm_backward, rope_backward, swiglu_backward, training_forward)
+from minisink.backward import (attention_backward, attention_forward, cross_entropy, cross_entropy_backward,
+                               embedding_backward, linear_backward, loss_and_grads, rms_norm_backward, rope_backward,
+                               swiglu_backward, training_forward)
 from minisink.config import ATTENTION_VARIANTS
 from minisink.model import InputError, linear, rms_norm, silu
 from minisink.rope import apply_rope, rotation
