@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ATTENTION_VARIANTS
-from .model import InputError, Llama
+from .model import InputError, Layer, Llama
 from .rope import Rotation, apply_rope, rotation
 
 # ---- the LM head and cross-entropy -------------------------------------------------------------------------------
@@ -258,9 +258,9 @@ class CausalAttention:
 
 # ---- one decoder layer, backward ------------------------------------------------------------------------------------
 
-def layer_backward(d_x: np.ndarray, layer, saved: dict, attention_saved: dict, rot: Rotation, config,
-                   prefix: str, grads: dict) -> np.ndarray:
-    """The gradient through one decoder layer, in the reverse order of its forward:
+def layer_backward(d_x: np.ndarray, layer: Layer, saved: dict, attention_saved: dict, rot: Rotation, prefix: str,
+                   grads: dict) -> np.ndarray:
+    """The gradient through one decoder layer, in the reverse order of its forward (model.Layer.__call__):
 
         h_attn = rms_norm(x_in); [q, k, v] = h_attn @ qkv_proj.T; q, k rotated; out = attend(q, k, v)
         x_mid = x_in + out @ o_proj.T
@@ -271,8 +271,8 @@ def layer_backward(d_x: np.ndarray, layer, saved: dict, attention_saved: dict, r
     of its inputs, so d x_mid = d x_out + (what comes back through the MLP), and the same for x_in. The weights'
     gradients go into `grads` under their Hugging Face names (the fused qkv_proj and gate_up_proj split back).
     """
-    N, H, Hkv, D, eps = d_x.shape[0], config.num_attention_heads, config.num_key_value_heads, config.head_dim, \
-        config.rms_norm_eps
+    c = layer.config
+    N, H, Hkv, D, eps = d_x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
     # x_out = x_mid + down_proj(act)
     d_act, d_down, d_down_b = linear_backward(d_x, saved["act"], layer.down_proj, layer.down_bias is not None)
     d_gate_up = swiglu_backward(d_act, saved["gate_up"])  # [N, 2 I]
@@ -356,7 +356,7 @@ def backward(model: Llama, d_logits: np.ndarray, saved: dict) -> dict[str, np.nd
     d_h, d_lm_head, _ = linear_backward(d_logits, saved["h"], model.lm_head, False)  # [N, d_model], [V, d_model]
     d_x, grads["model.norm.weight"] = rms_norm_backward(d_h, saved["x_final"], model.norm, c.rms_norm_eps)
     for n in reversed(range(len(model.layers))):
-        d_x = layer_backward(d_x, model.layers[n], saved["layers"][n], saved["attention"][n], saved["rotation"], c,
+        d_x = layer_backward(d_x, model.layers[n], saved["layers"][n], saved["attention"][n], saved["rotation"],
                              f"model.layers.{n}.", grads)
     d_embed = embedding_backward(d_x, saved["ids"], c.vocab_size)  # [V, d_model]
     if c.tie_word_embeddings:  # one matrix used twice (embedding and LM head): its gradient is the sum of both uses
