@@ -5,7 +5,7 @@
    whole model in float64 (residuals, final norm, tied head), a few entries of every weight.
 2. `loss_and_grads` against transformers' `LlamaForCausalLM` on the same weights: `labels=` loss and
    `loss.backward()`; every weight's gradient within 1e-4 norm-relative (float32), on GQA and MHA, tied and untied
-   embeddings, odd head widths, several rope_theta, biases, sequence lengths 1 to 64.
+   embeddings, odd head widths, several rope_theta and llama3 RoPE scaling, biases, sequence lengths 1 to 64.
 3. The attention variants against torch autograd through small torch functions written here (transformers' gpt-oss
    `eager_attention_forward` for the sink logit): the attention alone, then the whole model, as transformers' Llama
    with that function as its attention (its AttentionInterface) and a `self_attn.sinks` parameter for the sink logit.
@@ -264,6 +264,10 @@ ORACLE_CONFIGS = {
                                               tie_word_embeddings=True),
     "gqa6-3_width10_3layers": dict(hidden_size=36, num_attention_heads=6, num_key_value_heads=3, head_dim=10,
                                    num_hidden_layers=3, vocab_size=61, rope_theta=2e5),
+    # llama3 RoPE scaling, head_dim 8: wavelengths 6.3 to 6283 against an original context of 64 (as test_oracle.py)
+    "llama3_rope_scaling": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 64}),
 }
 
 
