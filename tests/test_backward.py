@@ -406,3 +406,16 @@ def test_bad_token_ids_are_clear_errors():
         loss_and_grads(model, np.full((2, 3), model.config.vocab_size))
     with pytest.raises(InputError, match="integers"):
         loss_and_grads(model, np.zeros((2, 3)))
+
+
+def test_loss_and_grads_leaves_the_weights_alone():
+    """The gradients are new arrays: the model's weights are bitwise the same after a step, and a second call gives
+    bitwise the same loss and gradients."""
+    model = tiny_model(0, tie_word_embeddings=True, attention_variant="sink-logit")
+    before = {name: w.copy() for name, w in model.parameters().items()}
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 9))
+    loss, grads = loss_and_grads(model, ids)
+    assert all(np.array_equal(w, before[name]) for name, w in model.parameters().items())
+    assert not any(np.shares_memory(g, w) for g in grads.values() for w in model.parameters().values())
+    again, grads_again = loss_and_grads(model, ids)
+    assert again == loss and all(np.array_equal(grads[name], grads_again[name]) for name in grads)
