@@ -724,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_assignment)
 
     add_fetch_parser(sub)
+    from .train_cli import add_train; add_train(sub)  # noqa: E702  (the trainer's command: minisink/train_cli.py)
     return parser
 
 
