@@ -17,7 +17,8 @@ Policies:
   Positions are assigned within the cache: the retained tokens, in stream order, have positions 0 .. n-1.
   S = 0 is plain window attention.
 - RecomputeWindow(window=W): sliding window with re-computation, the paper's quality baseline: every token runs a
-  fresh forward over the last W tokens (O(W^2) per token). It caches token ids, not keys (see its docstring).
+  fresh forward over the last W tokens (O(W^2) per token). It keeps token ids, not keys, and is no `Cache`: the
+  model never sees it (see its docstring; minisink.evaluate.logits feeds a stream to either).
 
 Every query of a chunk sees the cache as it was before the chunk plus the chunk itself, causally: that is what
 makes any chunking of a stream give the same logits. The full cache stages a chunk's keys in its free slots,
@@ -71,7 +72,7 @@ class Cache(Protocol):
     """What `Llama.forward_chunk` asks of a cache, once per chunk of T new tokens. Every call between `begin` and
     `end` may only stage the chunk: `end` is the only call that changes what the cache holds, so an exception (or
     Ctrl-C) anywhere in a forward leaves the cache exactly as it was before `begin`, and the next `begin` discards
-    whatever was staged. FullCache, SinkCache and RecomputeWindow below follow it; so does the explicit-positions
+    whatever was staged. FullCache and SinkCache below follow it; so does the explicit-positions
     oracle the tests compare the sink cache with.
     """
 
@@ -364,12 +365,17 @@ class RecomputeWindow:
     """Sliding window with re-computation (the paper's quality baseline, Fig. 1c): O(W^2) per token.
 
     For each new token it runs a fresh dense forward over the last W tokens (itself included; with n_sink > 0, the
-    first n_sink tokens of the stream as well) and computes the logits of the last one only. So it caches token ids, not keys:
-    a retained token's keys and values are rebuilt every step from the truncated context. That is the difference
-    with SinkCache, whose retained keys are the ones computed when each token still saw its own window: with more
-    than one layer the two give different logits (the paper: perplexity 5.43 vs 5.40).
-    `Llama.forward` hands this cache the whole call (it cannot be split into per-layer blocks), so it has no
-    begin / blocks / end; like them, it commits the call's tokens only once all their forwards have run.
+    first n_sink tokens of the stream as well) and computes the logits of the last one only. So it keeps token ids,
+    not keys: a retained token's keys and values are rebuilt every step from the truncated context. That is the
+    difference with SinkCache, whose retained keys are the ones computed when each token still saw its own window:
+    with more than one layer the two give different logits (the paper: perplexity 5.43 vs 5.40).
+
+    It is not a `Cache`, and cannot be one: a query of the protocol sees keys computed once, by the forward that
+    fed their token, while here every step recomputes every retained token's keys, at every layer, from a context
+    that differs step to step: no per-layer `blocks` can give them. So it is a strategy beside the model that
+    *uses* it, `logits(model, ids)`, and the model knows nothing of it; `minisink.evaluate.logits(model, ids, cache)`
+    is the one call that feeds a stream to either. Like a cache, it commits the call's tokens only once all their
+    forwards have run.
     """
 
     wants_attention = False
@@ -386,6 +392,10 @@ class RecomputeWindow:
         self.recent: list[int] = []  # the last W token ids
         self.seen = 0  # tokens fed so far
 
+    def begin(self, T: int):
+        raise CacheError("the recompute baseline is not a cache the model can attend over (see RecomputeWindow): "
+                         "feed it with minisink.evaluate.logits(model, ids, cache) or cache.logits(model, ids)")
+
     def appended(self, sinks: list[int], recent: list[int], token: int) -> tuple[list[int], list[int]]:
         """The retained ids (sinks, recent) after one more token, as new lists (the old ones are left as they were)."""
         if len(sinks) < self.n_sink and not recent:
@@ -398,9 +408,9 @@ class RecomputeWindow:
         self.seen += 1
         return self.sinks + self.recent
 
-    def forward(self, model, token_ids: np.ndarray) -> np.ndarray:
+    def logits(self, model, token_ids: np.ndarray) -> np.ndarray:
         """Logits [T, V]: one fresh dense forward over the retained tokens per new token. The retained ids are
-        committed only after the last forward, so an interrupt leaves the cache as it was.
+        committed only after the last forward, so an interrupt leaves this as it was.
 
         Until the stream is longer than n_sink + W nothing is evicted: the retained tokens are the whole stream, and
         each of those tokens' fresh forwards is a prefix of one dense forward, which gives all their logits at once
@@ -411,10 +421,10 @@ class RecomputeWindow:
         for token in token_ids[:ramp]:
             sinks, recent = self.appended(sinks, recent, token)
         if ramp:
-            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config), ramp))  # [ramp, V]
+            logits.append(model.forward(sinks + recent, FullCache(self.config), last=ramp))  # [ramp, V]
         for token in token_ids[ramp:]:
             sinks, recent = self.appended(sinks, recent, token)
-            logits.append(model.last_logits(np.array(sinks + recent), FullCache(self.config)))  # [1, V]
+            logits.append(model.forward(sinks + recent, FullCache(self.config), last=1))  # [1, V]
         self.sinks, self.recent, self.seen = sinks, recent, self.seen + len(token_ids)  # commit
         return np.concatenate(logits)  # [T, V]
 

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .model import linear, rms_norm
-from .rope import apply_rope, rotation
+from .rope import rotation
 
 ESTIMATORS = ("lme", "mass")
 CALIBRATION_SHARE = 0.5  # the calibration part is the text after this share of its characters
@@ -101,13 +100,10 @@ def load_sink_file(path) -> dict:
 def sink_scores(model, layer: int, x_in: np.ndarray, sink_keys: np.ndarray, cache: int) -> np.ndarray:
     """a_i = log sum_j exp(q_i . k_j / sqrt(D)) for the queries of x_in [T, d_model] (layer `layer`'s input) over
     the sink keys [Hkv, S, D] (rotated at 0..S-1), the queries at cache position `cache` - 1: [H, T] float64.
-    The queries are made as in Llama.forward_chunk (input_layernorm, qkv_proj, RoPE)."""
-    c, lay = model.config, model.layers[layer]
+    The queries are the layer's own (`Layer.attention_inputs`)."""
+    c = model.config
     H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    T = len(x_in)
-    h = rms_norm(x_in, lay.input_layernorm, c.rms_norm_eps)
-    q = linear(h, lay.qkv_proj[:H * D], None if lay.qkv_bias is None else lay.qkv_bias[:H * D]).reshape(T, H, D)
-    q = apply_rope(q, rotation(np.full(T, cache - 1), c.inv_freq()))  # [T, H, D]
+    _, q, _, _ = model.layers[layer].attention_inputs(x_in, rotation(np.full(len(x_in), cache - 1), c.inv_freq()))
     k = np.repeat(sink_keys, H // Hkv, axis=0)  # [H, S, D]: query head h uses KV head h // G
     s = np.einsum("thd,hsd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(D)  # [H, T, S]
     top = s.max(axis=-1)
@@ -117,12 +113,7 @@ def sink_scores(model, layer: int, x_in: np.ndarray, sink_keys: np.ndarray, cach
 def sink_kv(model, layer: int, x_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keys (rotated at positions 0..S-1) and values of the S tokens of x_in [S, d_model] at `layer`:
     ([Hkv, S, D], [Hkv, S, D])."""
-    c, lay = model.config, model.layers[layer]
-    H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    S = len(x_in)
-    qkv = linear(rms_norm(x_in, lay.input_layernorm, c.rms_norm_eps), lay.qkv_proj, lay.qkv_bias)
-    k = apply_rope(qkv[:, H * D:(H + Hkv) * D].reshape(S, Hkv, D), rotation(np.arange(S), c.inv_freq()))
-    v = qkv[:, (H + Hkv) * D:].reshape(S, Hkv, D)
+    _, _, k, v = model.layers[layer].attention_inputs(x_in, rotation(np.arange(len(x_in)), model.config.inv_freq()))
     return k.transpose(1, 0, 2), v.transpose(1, 0, 2)
 
 

@@ -46,6 +46,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Attention variants a model can be trained with (minisink/train.py) and run with:
+#   softmax     the usual softmax over the visible keys
+#   softmax1    softmax-off-by-one (Miller 2023), the StreamingLLM paper's "zero sink": a sink logit of 0, no value
+#   sink-logit  a learned sink logit per layer and query head (gpt-oss), weights model.layers.N.self_attn.sinks [H]
+#   sink-token  softmax, with a learned placeholder token (sink_token_id) prepended to every sequence (the paper's
+#               Sec. 3.3 "learnable sink token")
+#   sigmoid     sigmoid attention without normalization (Gu et al. 2024, Sec. 7), with a fixed bias sigmoid_bias
+ATTENTION_VARIANTS = ("softmax", "softmax1", "sink-logit", "sink-token", "sigmoid")
+
+
 @dataclass(frozen=True)
 class LlamaConfig:
     vocab_size: int  # V: rows of embed_tokens and of lm_head
@@ -64,6 +74,10 @@ class LlamaConfig:
     mlp_bias: bool = False  # gate/up/down projections carry a bias vector
     bos_token_id: int | None = None  # informational, for the tokenizer and generation
     eos_token_id: int | list[int] | None = None  # generation stops at (any of) these
+    # minisink's own fields, written by `minisink train` (docs/growing-a-sink.md); transformers ignores them.
+    attention_variant: str = "softmax"  # one of ATTENTION_VARIANTS: how attention weights are made
+    sink_token_id: int | None = None  # "sink-token": the learned placeholder prepended to every sequence
+    sigmoid_bias: float | None = None  # "sigmoid": b in p_ij = sigmoid(q_i . k_j / sqrt(D) + b)
 
     def __post_init__(self):
         """Check every field's type and range (JSON has no ints-only or positive-only types, and Python's bool is an
@@ -87,6 +101,18 @@ class LlamaConfig:
             if value is not None and not all(_is_int(i) and i >= 0 for i in ids):
                 raise ConfigError(f"config field '{name}' must be a token id (an integer >= 0)"
                                   f"{' or a list of them' if name == 'eos_token_id' else ''}, got {value!r}")
+        if self.attention_variant not in ATTENTION_VARIANTS:
+            raise ConfigError(f"unsupported config field 'attention_variant' = {self.attention_variant!r}: "
+                              f"minisink implements {', '.join(ATTENTION_VARIANTS)}")
+        if self.attention_variant == "sink-token" and not (
+                _is_int(self.sink_token_id) and 0 <= self.sink_token_id < self.vocab_size):
+            raise ConfigError(f"config field 'sink_token_id' must be a token id below vocab_size ({self.vocab_size}) "
+                              f"for attention_variant 'sink-token', got {self.sink_token_id!r}")
+        if self.attention_variant == "sigmoid":
+            if not _is_number(self.sigmoid_bias) or not math.isfinite(self.sigmoid_bias):
+                raise ConfigError("config field 'sigmoid_bias' must be a finite number for attention_variant "
+                                  f"'sigmoid', got {self.sigmoid_bias!r}")
+            object.__setattr__(self, "sigmoid_bias", float(self.sigmoid_bias))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                               f"num_key_value_heads ({self.num_key_value_heads})")
@@ -166,6 +192,9 @@ class LlamaConfig:
             mlp_bias=optional("mlp_bias", False),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
+            attention_variant=optional("attention_variant", "softmax"),
+            sink_token_id=raw.get("sink_token_id"),
+            sigmoid_bias=raw.get("sigmoid_bias"),
         )
 
     @classmethod

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .cache import available_memory, kv_bytes_per_token
-from .model import PREFILL_CHUNK, attention, rms_norm, silu
-from .rope import apply_rope
+from .cache import RecomputeWindow, available_memory, kv_bytes_per_token
+from .model import PREFILL_CHUNK, attention, linear
+from .rope import Rotation
 
 
 NLL_ROWS = 8  # rows of logits per step of token_nll: 8 x 49,152 floats (1.5 MB) stay in a core's L2 cache
@@ -58,6 +58,15 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - logits[np.arange(len(targets)), targets].astype(np.float64)
 
 
+def logits(model, token_ids, cache) -> np.ndarray:
+    """Logits [T, V] of T new tokens appended to `cache`: `model.forward(token_ids, cache)`, or, for the recompute
+    baseline, which is no cache the model could attend over (see RecomputeWindow), its own fresh forwards. The one
+    place that tells the two apart."""
+    if isinstance(cache, RecomputeWindow):
+        return cache.logits(model, np.asarray(token_ids))
+    return model.forward(token_ids, cache)
+
+
 def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
                progress: Callable[[int], None] | None = None, first_chunk: int | None = None) -> np.ndarray:
     """NLL [N - 1] (nats, float64) of tokens 1..N-1 of `token_ids`, each predicted from the stream before it as
@@ -74,7 +83,7 @@ def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
         starts.insert(0, 0)
     for start, stop in zip(starts, starts[1:] + [len(ids) - 1]):
         piece, targets = ids[start:stop], ids[start + 1:stop + 1]
-        nll[start:stop] = token_nll(model.forward(piece, cache), targets)  # [T]
+        nll[start:stop] = token_nll(logits(model, piece, cache), targets)  # [T]
         if progress:
             progress(stop)
     return nll
@@ -83,41 +92,30 @@ def stream_nll(model, token_ids, cache, chunk: int = PREFILL_CHUNK,
 def forward_together(model, token_ids, caches) -> np.ndarray:
     """One new token for each of B streams, each through its own cache: ids [B] -> logits [B, V] (float32).
 
-    The same forward pass as `Llama.forward_chunk` for T = 1, with the B streams' matrix products stacked
-    ([B, d_model] @ W): decode is memory-bound, so B streams read the weights once instead of B times, and B
-    policies cost little more than one. Attention stays per stream, through its own cache (and its `observe`).
-    Row b equals `model.forward([token_ids[b]], caches[b])` (tests/test_eviction.py)."""
-    c = model.config
+    The model's own decoder (`Llama.decoder`) with the B streams' tokens as its B rows: every matrix product is
+    one [B, d_model] @ W for all of them (decode is memory-bound, so B streams read the weights once instead of B
+    times, and B policies cost little more than one), and only attention, the `attend` seam, goes per stream,
+    through its own cache (and its `observe`). Row b equals `model.forward([token_ids[b]], caches[b])`
+    (tests/test_eviction.py)."""
+    Hkv = model.config.num_key_value_heads
     ids = np.asarray(token_ids, dtype=np.int64)
-    B, H, Hkv, D = len(ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    rotations = [cache.begin(1) for cache in caches]
+    rotations = [cache.begin(1) for cache in caches]  # each stream's next position, [1, 1, D] each
+    rotation = Rotation(np.concatenate([r.cos for r in rotations]), np.concatenate([r.sin for r in rotations]))
 
-    def linear(x, weight, bias):  # [B, in] -> [B, out] as W @ x.T: ~3x faster than x @ W.T for B ~ 8 (OpenBLAS)
-        y = (weight @ x.T).T
-        return y if bias is None else y + bias
-
-    x = model.embed_tokens[ids]  # [B, d_model]
-    for n, layer in enumerate(model.layers):
-        h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)
-        qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [B, (H + 2 Hkv) * D]
-        out = np.empty((B, H * D), dtype=np.float32)
-        for b, cache in enumerate(caches):  # attention: each stream over its own cache
-            qk = apply_rope(qkv[b, :(H + Hkv) * D].reshape(1, H + Hkv, D), rotations[b])
-            v = qkv[b:b + 1, (H + Hkv) * D:].reshape(1, Hkv, D)
+    def attend(n, q, k, v):  # q [B, H, D], k and v [B, Hkv, D]: row b is stream b's token
+        out = np.empty((len(caches), q.shape[1] * q.shape[2]), dtype=np.float32)  # [B, H * D]
+        for b, cache in enumerate(caches):
             observe = getattr(cache, "wants_attention", False)
-            sigma, sink_v = (None, None) if model.sink_logits is None else (
-                model.sink_logits[n], None if model.sink_values is None else model.sink_values[n])
-            out[b], probs = attention(qk[:, :H], cache.blocks(n, qk[:, H:], v), Hkv, observe, sigma, sink_v)
+            out[b], probs = attention(q[b:b + 1], cache.blocks(n, k[b:b + 1], v[b:b + 1]), Hkv, observe,
+                                      **model.attention_options(n))
             if observe:
-                cache.observe(n, probs)
-        x += linear(out, layer.o_proj, layer.o_bias)
-        h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-        gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [B, 2 I]
-        I = gate_up.shape[1] // 2
-        x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)
+                cache.observe(n, probs)  # [Hkv, H // Hkv, 1, sum of L]
+        return out
+
+    hidden = model.decoder(model.embed_tokens[ids], rotation, attend)  # [B, d_model]
     for cache in caches:
         cache.end()
-    return linear(rms_norm(x, model.norm, c.rms_norm_eps), model.lm_head, None)  # [B, V]
+    return linear(hidden, model.lm_head, None)  # [B, V]
 
 
 def stream_nll_together(model, token_ids, caches, progress: Callable[[int], None] | None = None) -> np.ndarray:

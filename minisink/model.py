@@ -15,6 +15,7 @@ heads per KV head, D head width, d_model hidden size, I MLP width, V vocabulary 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate
 from pathlib import Path
 
@@ -61,19 +62,25 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e
 
 
+# Up to this many rows, `linear` computes (weight @ x.T).T: the same product, which OpenBLAS splits over its threads
+# along the weight's rows, where x @ weight.T with a few rows runs on one (docs/performance.md, "A few rows").
+FEW_ROWS = 16
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """x [T, in] @ weight[out, in].T (+ bias [out]) -> [T, out]. Weights keep PyTorch's [out, in] layout."""
-    y = x @ weight.T
+    """x [N, in] @ weight[out, in].T (+ bias [out]) -> [N, out]. Weights keep PyTorch's [out, in] layout."""
+    y = (weight @ x.T).T if 1 < len(x) <= FEW_ROWS else x @ weight.T
     return y if bias is None else y + bias
 
 
 @dataclass
 class Layer:
-    """One decoder block's weights. q/k/v and gate/up are fused: one matrix product instead of three (or two),
-    the same numbers. Their rows are the checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked.
+    """One decoder block: its weights, and `__call__`, the block's computation, which every forward runs (one stream,
+    a batch of streams, calibration, the training forward of minisink/backward.py).
 
-    The four matrices are views into one array per layer (14 MB for SmolLM2), not four allocations: one large
-    array gets 2 MB memory pages, which decode reads faster (docs/performance.md, "Memory pages").
+    q/k/v and gate/up are fused: one matrix product instead of three (or two), the same numbers. Their rows are the
+    checkpoint's q_proj, k_proj, v_proj (and gate_proj, up_proj) stacked. The four matrices are views into one
+    array per layer, not four allocations (docs/performance.md, "Memory pages").
     """
 
     input_layernorm: np.ndarray  # [d_model]
@@ -86,6 +93,7 @@ class Layer:
     gate_up_bias: np.ndarray | None  # [2 I] when mlp_bias
     down_proj: np.ndarray  # [d_model, I]
     down_bias: np.ndarray | None  # [d_model] when mlp_bias
+    config: LlamaConfig  # the head counts and widths, rms_norm_eps
 
     @classmethod
     def from_weights(cls, w: dict[str, np.ndarray], n: int, config: LlamaConfig) -> "Layer":
@@ -105,21 +113,55 @@ class Layer:
         def bias(names, present):
             return np.concatenate([w[p + name + ".bias"] for name in names]) if present else None
 
-        ab, mb = config.attention_bias, config.mlp_bias
         return cls(
             input_layernorm=w[p + "input_layernorm.weight"],
-            qkv_bias=bias(groups["qkv_proj"], ab),
-            o_bias=bias(groups["o_proj"], ab),
+            qkv_bias=bias(groups["qkv_proj"], config.attention_bias),
+            o_bias=bias(groups["o_proj"], config.attention_bias),
             post_attention_layernorm=w[p + "post_attention_layernorm.weight"],
-            gate_up_bias=bias(groups["gate_up_proj"], mb),
-            down_bias=bias(groups["down_proj"], mb),
+            gate_up_bias=bias(groups["gate_up_proj"], config.mlp_bias),
+            down_bias=bias(groups["down_proj"], config.mlp_bias),
+            config=config,
             **matrices,
         )
 
+    def attention_inputs(self, x: np.ndarray, rotation: Rotation) -> tuple[np.ndarray, ...]:
+        """The rows x [N, d_model] -> (h, q, k, v): h = input_layernorm(x) [N, d_model], and the queries [N, H, D],
+        keys [N, Hkv, D] (both rotated by `rotation`) and values [N, Hkv, D] attention takes."""
+        c = self.config
+        N, H, Hkv, D = len(x), c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        h = rms_norm(x, self.input_layernorm, c.rms_norm_eps)  # [N, d_model]
+        qkv = linear(h, self.qkv_proj, self.qkv_bias)  # [N, (H + 2 Hkv) * D]
+        qk = apply_rope(qkv[:, :(H + Hkv) * D].reshape(N, H + Hkv, D), rotation)  # q and k heads at once
+        v = qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D)
+        return h, qk[:, :H], qk[:, H:], v
+
+    def __call__(self, x: np.ndarray, rotation: Rotation, attend, saved: dict | None = None) -> None:
+        """The block on the residual stream x [N, d_model], updated in place: x += attention(RMSNorm(x)), then
+        x += MLP(RMSNorm(x)). The N rows are tokens: a chunk of one stream, the next token of B streams, or B
+        training samples of T tokens (N = B * T); which keys each row's query sees is `attend`'s business.
+
+        rotation: the rows' RoPE angles ([N, 1, D]). attend(q [N, H, D], k [N, Hkv, D], v [N, Hkv, D]), q and k
+        rotated -> the attention output [N, H * D]. `saved`, a dict or None: the training forward's, filled with
+        what the backward pass needs (minisink/backward.py); inference passes None and pays nothing for it."""
+        c = self.config
+        h_attn, q, k, v = self.attention_inputs(x, rotation)
+        out = attend(q, k, v)  # [N, H * D]
+        if saved is not None:
+            saved.update(x_in=x.copy(), h_attn=h_attn, q=q, k=k, v=v, out=out)
+        x += linear(out, self.o_proj, self.o_bias)  # [N, d_model]
+
+        h_mlp = rms_norm(x, self.post_attention_layernorm, c.rms_norm_eps)
+        gate_up = linear(h_mlp, self.gate_up_proj, self.gate_up_bias)  # [N, 2 I]
+        width = c.intermediate_size  # I
+        act = silu(gate_up[:, :width]) * gate_up[:, width:]  # [N, I] SwiGLU: silu(gate) * up
+        if saved is not None:
+            saved.update(x_mid=x.copy(), h_mlp=h_mlp, gate_up=gate_up, act=act)
+        x += linear(act, self.down_proj, self.down_bias)  # [N, d_model]
+
 
 def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs: bool = False,
-              sink_logits: np.ndarray | None = None,
-              sink_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+              sink_logits: np.ndarray | None = None, sink_values: np.ndarray | None = None,
+              sigmoid_bias: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Grouped-query attention of T queries over the cache's blocks, one softmax across all of them.
 
     q [T, H, D], rotated, unscaled -> (output [T, H * D], probabilities [Hkv, G, T, sum of L] if `with_probs`,
@@ -135,10 +177,13 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
     same score and no value, as in gpt-oss: p_ij = exp(s_ij) / (sum_k exp(s_ik) + exp(sigma_h)), so the row can
     put less than 1 on the real keys. sigma = 0 is softmax-off-by-one. `sink_values` [H, D], optional, gives the
     virtual key a value after all: exp(sigma_h) * value_h joins the numerator (docs/05-why-sinks-exist.md).
+
+    `sigmoid_bias` b, for a model trained with sigmoid attention (Gu et al. 2024, arXiv 2410.10781, Sec. 7): no
+    softmax at all, each weight on its own, p_ij = sigmoid(s_ij + b), 0 where masked; nothing makes a row sum to 1.
     """
     T, H, D = q.shape
     if T > QUERY_TILE:  # a long chunk: tiles of queries, each skipping the keys none of its queries sees
-        return attention_in_tiles(q, blocks, n_kv_heads, with_probs, sink_logits, sink_values)
+        return attention_in_tiles(q, blocks, n_kv_heads, with_probs, sink_logits, sink_values, sigmoid_bias)
     G = H // n_kv_heads
     q = q * np.float32(D ** -0.5)  # the 1/sqrt(D) score scale, applied once to the queries
     widths = [block.values.shape[1] for block in blocks]
@@ -151,6 +196,15 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
         if block.mask is not None:
             s = s.reshape(n_kv_heads, G, T, -1)  # a view, so the mask [T, L] broadcasts over heads
             s += block.mask
+    if sigmoid_bias is not None:  # sigmoid(x) = (1 + tanh(x / 2)) / 2, in place; a masked -inf gives exactly 0
+        scores += np.float32(sigmoid_bias)
+        scores *= 0.5
+        weights = np.tanh(scores, out=scores)
+        weights += 1
+        weights *= 0.5
+        out = sum(weights[:, :, cols] @ block.values for block, cols in zip(blocks, columns))  # [Hkv, G*T, D]
+        out = out.reshape(n_kv_heads, G, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
+        return out, weights.reshape(n_kv_heads, G, T, -1) if with_probs else None
     top = scores.max(axis=-1, keepdims=True)  # [Hkv, G*T, 1]
     if sink_logits is not None:  # the sink is one more column: the max is over it too, so exp() cannot overflow
         sigma = np.repeat(sink_logits.reshape(n_kv_heads, G, 1), T, axis=1)  # [Hkv, G*T, 1], row g*T + t
@@ -173,8 +227,8 @@ def attention(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs:
 
 
 def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, with_probs: bool = False,
-                       sink_logits: np.ndarray | None = None,
-                       sink_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                       sink_logits: np.ndarray | None = None, sink_values: np.ndarray | None = None,
+                       sigmoid_bias: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """`attention`, QUERY_TILE queries at a time: the same numbers, without the scores no query sees.
 
     A query's softmax involves only its own row of scores, so the queries can be taken in tiles. In a long chunk
@@ -191,7 +245,7 @@ def attention_in_tiles(q: np.ndarray, blocks: list[KVBlock], n_kv_heads: int, wi
         pieces = [(column + a, piece) for column, block in zip(accumulate(widths, initial=0), blocks)
                   for a, piece in visible_pieces(block, rows)]  # (first column in the full layout, KVBlock)
         out[rows], p = attention(q[rows], [piece for _, piece in pieces], n_kv_heads, with_probs, sink_logits,
-                                 sink_values)
+                                 sink_values, sigmoid_bias)
         if with_probs:
             for (column, piece), start_p in zip(pieces, accumulate([pc.values.shape[1] for _, pc in pieces],
                                                                    initial=0)):
@@ -234,6 +288,11 @@ class Llama:
         self.lm_head = self.embed_tokens if config.tie_word_embeddings else weights["lm_head.weight"]  # [V, d_model]
         self.sink_logits = None  # [layers, H] float32 or None: a sink logit per head (see `attention`)
         self.sink_values = None  # [layers, H, D] float32 or None: the sink's value, used only with sink_logits
+        if config.attention_variant == "sink-logit":  # trained sinks, one per layer and query head (gpt-oss)
+            self.sink_logits = np.stack([weights[f"model.layers.{n}.self_attn.sinks"]
+                                         for n in range(config.num_hidden_layers)])
+        elif config.attention_variant == "softmax1":  # softmax-off-by-one: a sink logit of 0 in every head
+            self.sink_logits = np.zeros((config.num_hidden_layers, config.num_attention_heads), dtype=np.float32)
 
     @property
     def sink_logits(self) -> np.ndarray | None:
@@ -259,6 +318,45 @@ class Llama:
         self._sink_values = _checked("sink_values", values, (c.num_hidden_layers, c.num_attention_heads, c.head_dim),
                                      allow_minus_inf=False)
 
+    def attention_options(self, n: int) -> dict:
+        """What layer n's `attention` takes beside the queries and the keys: its sink logits and values, or the
+        sigmoid variant's bias (config.attention_variant)."""
+        if self.config.attention_variant == "sigmoid":
+            return {"sigmoid_bias": self.config.sigmoid_bias}
+        if self._sink_logits is None:
+            return {}
+        return {"sink_logits": self._sink_logits[n],
+                "sink_values": None if self._sink_values is None else self._sink_values[n]}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Every trained array by its Hugging Face name, as a writable view into the model's own storage: q_proj,
+        k_proj and v_proj are row slices of the fused qkv_proj (gate_proj and up_proj of gate_up_proj), so an
+        optimizer that updates these in place updates the model. Tied embeddings: no `lm_head.weight`."""
+        c = self.config
+        H, Hkv, D, width = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size
+        params = {"model.embed_tokens.weight": self.embed_tokens}
+        for n, layer in enumerate(self.layers):
+            p = f"model.layers.{n}."
+            projections = {"self_attn.q_proj": (layer.qkv_proj, layer.qkv_bias, 0, H * D),
+                           "self_attn.k_proj": (layer.qkv_proj, layer.qkv_bias, H * D, (H + Hkv) * D),
+                           "self_attn.v_proj": (layer.qkv_proj, layer.qkv_bias, (H + Hkv) * D, (H + 2 * Hkv) * D),
+                           "self_attn.o_proj": (layer.o_proj, layer.o_bias, 0, c.hidden_size),
+                           "mlp.gate_proj": (layer.gate_up_proj, layer.gate_up_bias, 0, width),
+                           "mlp.up_proj": (layer.gate_up_proj, layer.gate_up_bias, width, 2 * width),
+                           "mlp.down_proj": (layer.down_proj, layer.down_bias, 0, c.hidden_size)}
+            params[p + "input_layernorm.weight"] = layer.input_layernorm
+            for name, (weight, bias, first, stop) in projections.items():
+                params[p + name + ".weight"] = weight[first:stop]  # rows first..stop-1: a view
+                if bias is not None:
+                    params[p + name + ".bias"] = bias[first:stop]
+            params[p + "post_attention_layernorm.weight"] = layer.post_attention_layernorm
+            if c.attention_variant == "sink-logit":
+                params[p + "self_attn.sinks"] = self._sink_logits[n]  # [H], a view
+        params["model.norm.weight"] = self.norm
+        if not c.tie_word_embeddings:
+            params["lm_head.weight"] = self.lm_head
+        return params
+
     def new_cache(self, n_sink: int | None = None, window: int | None = None, *, recompute: bool = False,
                   renumber: bool = True, position_offset: int = 0, policy: str | None = None, **options):
         """A fresh cache. No arguments: the full cache (dense attention). `window=W`: window attention;
@@ -277,8 +375,11 @@ class Llama:
             raise CacheError(f"a sink cache needs a window: new_cache(n_sink={n_sink}, window=W) with W >= 1")
         return SinkCache(self.config, n_sink or 0, window, renumber, position_offset)
 
-    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None, layer_hook=None) -> np.ndarray:
-        """Logits [T, V] (float32) for T new token ids, which are appended to `cache`.
+    def forward(self, token_ids, cache: Cache, attention_probs: list | None = None, layer_hook=None, *,
+                last: int | None = None) -> np.ndarray:
+        """Logits [T, V] (float32) for T new token ids, which are appended to `cache`; with `last=n`, the logits
+        [n, V] of the last n tokens only (the LM head, a [V, d_model] product per row and the largest of the model,
+        is applied to those rows alone: the recompute baseline wants one row per forward).
 
         Inputs longer than PREFILL_CHUNK are fed in chunks; that is exact, because attention is causal and every
         cache gives the same logits for any chunking. Each chunk is committed whole or not at all: if a chunk
@@ -291,65 +392,65 @@ class Llama:
         (anatomy.py reads the massive activations and sets them to zero or to their mean).
         """
         token_ids = self._check_ids(token_ids)
-        if isinstance(cache, RecomputeWindow):  # it caches token ids and runs whole forwards of its own
-            return cache.forward(self, token_ids)
-        logits = np.empty((len(token_ids), len(self.lm_head)), dtype=np.float32)  # [T, V]
+        first = len(token_ids) - (len(token_ids) if last is None else last)  # the first row whose logits are wanted
+        logits = np.empty((len(token_ids) - first, len(self.lm_head)), dtype=np.float32)  # [T or last, V]
         for start in range(0, len(token_ids), PREFILL_CHUNK):
-            rows = slice(start, start + PREFILL_CHUNK)
+            chunk = token_ids[start:start + PREFILL_CHUNK]
             try:
-                x = self.forward_chunk(token_ids[rows], cache, attention_probs, layer_hook)  # [chunk, d_model]
+                x = self.forward_chunk(chunk, cache, attention_probs, layer_hook)  # [chunk, d_model]
             except BaseException as e:
                 if start:  # the earlier chunks were committed
                     e.add_note(f"minisink: the cache holds the first {start} of these {len(token_ids)} tokens")
                 raise
-            np.matmul(x, self.lm_head.T, out=logits[rows])  # the LM head, written straight into the chunk's rows
+            wanted = max(first - start, 0)  # the chunk's first row among the wanted ones
+            if wanted < len(chunk):  # the LM head, written straight into the wanted rows
+                np.matmul(x[wanted:], self.lm_head.T, out=logits[start + wanted - first:start + len(chunk) - first])
         return logits
-
-    def last_logits(self, token_ids, cache: Cache, n: int = 1) -> np.ndarray:
-        """Logits [n, V] of the last n of `token_ids` only, fed into `cache` as `forward` feeds them: the LM head (a
-        [V, d_model] product per row, the largest of the model) is applied to those rows alone. The recompute
-        baseline needs no more."""
-        token_ids = self._check_ids(token_ids)
-        first = len(token_ids) - n  # the first row whose logits are wanted
-        rows = []
-        for start in range(0, len(token_ids), PREFILL_CHUNK):
-            x = self.forward_chunk(token_ids[start:start + PREFILL_CHUNK], cache)  # [chunk, d_model]
-            rows.append(x[max(first - start, 0):])  # the chunk's rows among the last n (none before `first`)
-        return np.concatenate(rows) @ self.lm_head.T  # [n, V]
 
     def forward_chunk(self, token_ids: np.ndarray, cache: Cache, attention_probs: list | None = None,
                       layer_hook=None) -> np.ndarray:
-        """The decoder stack on one chunk: ids [T] -> final hidden states [T, d_model] (after the last RMSNorm);
-        `forward` multiplies them by the LM head."""
-        c = self.config
-        T, H, Hkv, D = len(token_ids), c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        """The decoder on one chunk of one stream: ids [T] -> final hidden states [T, d_model] (after the last
+        RMSNorm); `forward` multiplies them by the LM head. The cache decides which keys each query sees, and at
+        which positions: `begin` gives the chunk's rotation, `blocks` the keys and values per layer, `end` commits."""
+        H, Hkv = self.config.num_attention_heads, self.config.num_key_value_heads
+        T = len(token_ids)
         rotation = cache.begin(T)  # the cache decides the new tokens' positions; nothing changes until `end`
         observe = getattr(cache, "wants_attention", False)  # eviction policies (eviction.py) read the attention
-        x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream, updated in place
-        for n, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.input_layernorm, c.rms_norm_eps)  # [T, d_model]
-            qkv = linear(h, layer.qkv_proj, layer.qkv_bias)  # [T, (H + 2 Hkv) * D]
-            qk = apply_rope(qkv[:, :(H + Hkv) * D].reshape(T, H + Hkv, D), rotation)  # q and k heads at once
-            q, k = qk[:, :H], qk[:, H:]  # [T, H, D], [T, Hkv, D]
-            v = qkv[:, (H + Hkv) * D:].reshape(T, Hkv, D)
-            sigma, sink_v = (None, None) if self._sink_logits is None else (
-                self._sink_logits[n], None if self._sink_values is None else self._sink_values[n])
+
+        def attend(n, q, k, v):  # layer n: the chunk's queries over the blocks the cache gives
             out, probs = attention(q, cache.blocks(n, k, v), Hkv, observe or attention_probs is not None,
-                                   sigma, sink_v)  # [T, H * D]
+                                   **self.attention_options(n))  # [T, H * D]
             if observe:
                 cache.observe(n, probs)  # [Hkv, G, T, sum of L]
             if attention_probs is not None:
                 attention_probs.append(probs.reshape(H, T, -1))
-            x += linear(out, layer.o_proj, layer.o_bias)  # [T, d_model]
+            return out
 
-            h = rms_norm(x, layer.post_attention_layernorm, c.rms_norm_eps)
-            gate_up = linear(h, layer.gate_up_proj, layer.gate_up_bias)  # [T, 2 I]
-            I = gate_up.shape[1] // 2
-            x += linear(silu(gate_up[:, :I]) * gate_up[:, I:], layer.down_proj, layer.down_bias)  # [T, d_model]
+        x = self.embed_tokens[token_ids]  # [T, d_model], a copy (array indexing): the residual stream
+        hidden = self.decoder(x, rotation, attend, layer_hook)
+        cache.end()  # commit: only now do the chunk's tokens join the cache
+        return hidden
+
+    def decoder(self, x: np.ndarray, rotation: Rotation, attend, layer_hook=None,
+                saved: dict | None = None) -> np.ndarray:
+        """Every decoder layer on the residual stream x [N, d_model] (updated in place), then the final RMSNorm:
+        -> [N, d_model]. `attend(n, q, k, v)` is layer n's attention (see `Layer.__call__`): the one place where
+        the callers differ (one stream through its cache, B streams through theirs, a training batch).
+        `layer_hook(n, x)` sees each layer's output. `saved`, a dict or None: the training forward's; it gets
+        saved["layers"], one dict per layer (what `Layer.__call__` saves), and saved["x_final"], x before the
+        final norm."""
+        if saved is not None:
+            saved["layers"] = []
+        for n, layer in enumerate(self.layers):
+            layer_saved = None if saved is None else {}
+            layer(x, rotation, partial(attend, n), layer_saved)
+            if saved is not None:
+                saved["layers"].append(layer_saved)
             if layer_hook is not None:
                 layer_hook(n, x)
-        cache.end()  # commit: only now do the chunk's tokens join the cache
-        return rms_norm(x, self.norm, c.rms_norm_eps)  # [T, d_model]
+        if saved is not None:
+            saved["x_final"] = x.copy()
+        return rms_norm(x, self.norm, self.config.rms_norm_eps)  # [N, d_model]
 
     def _check_ids(self, token_ids) -> np.ndarray:
         ids = np.asarray(token_ids)
@@ -374,7 +475,9 @@ def _checked(name: str, array, shape: tuple, allow_minus_inf: bool) -> np.ndarra
     if array.shape != shape:
         raise InputError(f"{name} must have shape {shape} (layers, query heads{', head_dim' * (len(shape) == 3)}) "
                          f"for this model, got {array.shape}: was it made for another model?")
-    bad = np.isnan(array) | (array == np.inf) | (~allow_minus_inf & (array == -np.inf))
+    bad = np.isnan(array) | (array == np.inf)
+    if not allow_minus_inf:
+        bad |= array == -np.inf
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         allowed = "finite or -inf (no sink)" if allow_minus_inf else "finite"

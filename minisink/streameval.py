@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from . import evaluate
 from .model import PREFILL_CHUNK
 
 TASKS = ("passkey", "lines")
@@ -74,7 +75,7 @@ def make_cache(model, policy: str, sinks: int, window: int):
 def feed(model, cache, ids, chunk: int) -> np.ndarray:
     """Feed ids [T] in chunks of `chunk`; the logits of the last one [V]."""
     for start in range(0, len(ids), chunk):
-        logits = model.forward(ids[start:start + chunk], cache)
+        logits = evaluate.logits(model, ids[start:start + chunk], cache)
     return logits[-1]
 
 
@@ -130,7 +131,7 @@ def run_streameval(model, tok, task: str, policy: str, sinks: int = 4, window: i
         answer = []
         for _ in range(ANSWER_TOKENS):  # greedy; the answer joins the stream, as in a conversation
             answer.append(int(np.argmax(logits)))
-            logits = model.forward(answer[-1:], cache)[-1]
+            logits = evaluate.logits(model, answer[-1:], cache)[-1]
         position += len(answer)
         text = tok.decode(answer)
         digits = re.search(r"\d+", text)

@@ -165,6 +165,8 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
             has_bias = config.attention_bias if name.startswith("self_attn") else config.mlp_bias
             if has_bias:
                 shapes[p + name + ".bias"] = shape[:1]
+        if config.attention_variant == "sink-logit":  # one learned sink logit per query head (gpt-oss's name)
+            shapes[p + "self_attn.sinks"] = (config.num_attention_heads,)
     return shapes
 
 

@@ -35,7 +35,8 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from minisink import CacheError, SinkCache
+from minisink import CacheError, RecomputeWindow, SinkCache
+from minisink.evaluate import logits
 from minisink.reference import ExplicitSinkCache as ReferenceSinkCache
 from tiny import tiny_model
 
@@ -112,7 +113,7 @@ def feed(m, cache, stream: Stream, after_chunk=None):
     out, seen = [], 0
     for chunk in stream.chunks():
         probs = [] if after_chunk else None
-        out.append(m.forward(chunk, cache, probs))  # RecomputeWindow leaves probs empty
+        out.append(logits(m, chunk, cache) if isinstance(cache, RecomputeWindow) else m.forward(chunk, cache, probs))
         seen += len(chunk)
         if after_chunk:
             after_chunk(cache, seen, probs)
