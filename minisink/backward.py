@@ -155,8 +155,10 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_samples: in
     if variant not in VARIANTS:
         raise ValueError(f"unknown attention_variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     qh = (q * D ** -0.5).reshape(B, T, Hkv, G, D).transpose(0, 2, 3, 1, 4).reshape(B, Hkv, G * T, D)  # row g*T + t
-    kh = k.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)  # [B, Hkv, T, D], a view
-    vh = v.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)  # [B, Hkv, T, D], a view
+    # [B, Hkv, T, D] copies: k and v are column slices of the layer's fused qkv rows, and NumPy's stacked matmul
+    # falls back from BLAS to a loop many times slower on such strided views (measured: 1.4 s instead of 40 ms)
+    kh = np.ascontiguousarray(k.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3))
+    vh = np.ascontiguousarray(v.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3))
     scores = qh @ kh.transpose(0, 1, 3, 2)  # [B, Hkv, G*T, T]: s_ij = q_i . k_j / sqrt(D)
     visible = np.tri(T, dtype=bool)  # [T, T]: query i sees key j <= i
     saved = {"qh": qh, "kh": kh, "vh": vh, "variant": variant, "sink": None}
@@ -352,41 +354,53 @@ def check_token_ids(model: Llama, token_ids) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def loss_and_grads(model: Llama, token_ids) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean next-token cross-entropy of token_ids [B, T + 1] (each row's ids[:, 1:] given its ids[:, :-1], as
-    transformers' `labels=` computes it) and its gradient for every weight of the model, keyed by the Hugging Face
-    names (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`, ...), float32 arrays of the
-    weights' shapes. With tied embeddings there is no `lm_head.weight`: the embedding's gradient gets both uses.
-    """
+def training_forward(model: Llama, inputs: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Logits [B * T, V] of B samples of T token ids (inputs [B, T]), each sample on its own from position 0, and
+    what `backward` needs. Row b * T + t holds sample b's token t: the same logits as `Llama.forward` on that sample
+    alone with a fresh cache (a test checks it)."""
     c = model.config
-    ids = check_token_ids(model, token_ids)
-    B, T = ids.shape[0], ids.shape[1] - 1
-    inputs, targets = ids[:, :-1].reshape(-1), ids[:, 1:].reshape(-1)  # [N] each, sample after sample
+    B, T = inputs.shape
     variant = getattr(c, "attention_variant", "softmax")
     if variant == "sink-logit" and model.sink_logits is None:
         raise ValueError("attention_variant 'sink-logit' needs model.sink_logits [layers, heads] (the weights "
                          "model.layers.N.self_attn.sinks)")
     sink_logits = model.sink_logits if variant == "sink-logit" else None
     attend = CausalAttention(B, variant, sink_logits, getattr(c, "sigmoid_bias", 0.0))
-    rot = training_rotation(model, B, T)  # [N, 1, D]
-    saved: dict = {}
-    x = model.embed_tokens[inputs]  # [N, d_model], a copy: the residual stream
-    h = _decoder(model, x, rot, attend, saved)  # [N, d_model], after the final norm
-    logits = h @ model.lm_head.T  # [N, V]
-    loss, probs = cross_entropy(logits, targets)
-    del logits
+    ids = inputs.reshape(-1)  # [N], sample after sample
+    saved: dict = {"ids": ids, "rotation": training_rotation(model, B, T), "attention": attend.saved}
+    x = model.embed_tokens[ids]  # [N, d_model], a copy: the residual stream
+    saved["h"] = h = _decoder(model, x, saved["rotation"], attend, saved)  # [N, d_model], after the final norm
+    return h @ model.lm_head.T, saved  # [N, V]
 
+
+def backward(model: Llama, d_logits: np.ndarray, saved: dict) -> dict[str, np.ndarray]:
+    """The gradient of every weight, keyed by its Hugging Face name, from d_logits [N, V] and what
+    `training_forward` saved: the LM head, the final norm, the layers from last to first, the embedding."""
+    c = model.config
     grads: dict[str, np.ndarray] = {}
-    d_logits = cross_entropy_backward(probs, targets)  # [N, V]
-    d_h, d_lm_head, _ = linear_backward(d_logits, h, model.lm_head, False)  # [N, d_model], [V, d_model]
+    d_h, d_lm_head, _ = linear_backward(d_logits, saved["h"], model.lm_head, False)  # [N, d_model], [V, d_model]
     d_x, grads["model.norm.weight"] = rms_norm_backward(d_h, saved["x_final"], model.norm, c.rms_norm_eps)
     for n in reversed(range(len(model.layers))):
-        d_x = layer_backward(d_x, model.layers[n], saved["layers"][n], attend.saved[n], rot, c,
+        d_x = layer_backward(d_x, model.layers[n], saved["layers"][n], saved["attention"][n], saved["rotation"], c,
                              f"model.layers.{n}.", grads)
-    d_embed = embedding_backward(d_x, inputs, c.vocab_size)  # [V, d_model]
+    d_embed = embedding_backward(d_x, saved["ids"], c.vocab_size)  # [V, d_model]
     if c.tie_word_embeddings:  # one matrix used twice (embedding and LM head): its gradient is the sum of both uses
         d_embed += d_lm_head
     else:
         grads["lm_head.weight"] = d_lm_head
     grads["model.embed_tokens.weight"] = d_embed
-    return loss, grads
+    return grads
+
+
+def loss_and_grads(model: Llama, token_ids) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean next-token cross-entropy of token_ids [B, T + 1] (each row's ids[:, 1:] given its ids[:, :-1], as
+    transformers' `labels=` computes it) and its gradient for every weight of the model, keyed by the Hugging Face
+    names (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`, ...), float32 arrays of the
+    weights' shapes. With tied embeddings there is no `lm_head.weight`: the embedding's gradient gets both uses.
+    """
+    ids = check_token_ids(model, token_ids)
+    logits, saved = training_forward(model, ids[:, :-1])  # [N, V]
+    targets = ids[:, 1:].reshape(-1)  # [N]
+    loss, probs = cross_entropy(logits, targets)
+    del logits
+    return loss, backward(model, cross_entropy_backward(probs, targets), saved)
