@@ -179,9 +179,9 @@ def model_config(s: TrainSettings, vocab_size: int, bos_token_id: int, sink_toke
     if s.variant == "sink-token":
         raw["sink_token_id"] = sink_token_id
     if s.variant == "sigmoid":
-        # b = -log T: every weight starts near 1/T, as softmax's would (Ramapuram et al. 2024, "Theory, analysis,
-        # and best practices for sigmoid self-attention"); nothing makes a row sum to 1 afterwards.
-        raw["sigmoid_bias"] = -math.log(s.seq_len)
+        # b = 0, as in Gu et al.'s own code (sail-sg/Attention-Sink, sigmoid without normalization: sigmoid(q.k /
+        # sqrt(D)) times the causal mask). Ramapuram et al. 2024 (arXiv 2409.04431) start at b = -log T instead.
+        raw["sigmoid_bias"] = 0.0
     return raw
 
 
