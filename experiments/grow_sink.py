@@ -1,0 +1,170 @@
+"""The experiments of docs/growing-a-sink.md: train tiny Llamas in NumPy and test why a first-token sink emerges.
+
+    python experiments/grow_sink.py train --out runs/grow             # every `minisink train` run (printed first)
+    python experiments/grow_sink.py train --out runs/grow --only class   # just the class preset's seeds
+    python experiments/grow_sink.py report --out runs/grow            # the markdown tables of docs/results.md
+
+Runs (each one `minisink train` command; a finished run is skipped, an interrupted one resumed with --resume):
+- class_sS: the class preset (Bigram-Backcopy, 1 layer, 1 head, width 256, sequence 64, batch 64, lr 2e-3) for
+  seeds 0, 1, 2: emergence is a distribution over seeds, so never one run alone.
+- var_V: the same preset, seed 0, for each attention variant but softmax (class_s0 is softmax's).
+- knob_*: Gu et al.'s cheap knobs on the same task: weight decay 0 and 0.5, learning rate 1e-3, and a tenth of the
+  steps (the amount of data).
+Report:
+- emergence: per seed, Sink_1 (Gu et al., eps 0.3), the non-trigger queries' attention on BOS (Guo et al.) and the
+  loss against the training step (train_log.jsonl);
+- Table 3 at toy scale: per variant, the streaming loss on Bigram-Backcopy streams STREAM_LEN tokens long (4x the
+  training length) with caches dense, 0 + W, 1 + (W - 1), 4 + (W - 4), W = WINDOW (below the training length),
+  on the copy targets (after a trigger) and the bigram targets apart, counted once the window is full;
+- the causal table: which variant grew a first-token sink, and which loses when the first token is evicted.
+Each training run takes minutes on 2 cores when the machine is quiet (far more when it is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SEEDS = (0, 1, 2)
+VARIANTS = ("softmax1", "sink-logit", "sink-token", "sigmoid")
+STEPS = 400
+WINDOW, STREAM_LEN, STREAMS = 32, 256, 8  # the cache's W (training length 64), stream length, streams per variant
+KNOBS = {"knob_wd0": ["--weight-decay", "0"], "knob_wd05": ["--weight-decay", "0.5"], "knob_lr1e-3": ["--lr", "1e-3"]}
+SINK_AT = 0.5  # a BOS sink: non-trigger queries put more than half their attention on BOS (Guo et al.'s criterion)
+
+
+def runs(only: str | None) -> dict[str, list[str]]:
+    """run folder name -> `minisink train` arguments (without --out)."""
+    out = {}
+    if only in (None, "class"):
+        out.update({f"class_s{s}": ["--preset", "class", "--seed", str(s)] for s in SEEDS})
+    if only in (None, "variants"):
+        out.update({f"var_{v}": ["--preset", "class", "--variant", v, "--seed", "0"] for v in VARIANTS})
+    if only in (None, "knobs"):
+        out.update({name: ["--preset", "class", "--seed", "0", *flags] for name, flags in KNOBS.items()})
+    return out
+
+
+def train_all(out: Path, only: str | None, steps: int) -> None:
+    for name, args in runs(only).items():
+        folder = out / name
+        log = folder / "train_log.jsonl"
+        lines = log.read_text().splitlines() if log.is_file() else []
+        if lines and json.loads(lines[-1])["step"] >= steps:
+            print(f"# {name}: done")
+            continue
+        resume = ["--resume"] if (folder / "checkpoint.safetensors").is_file() else []
+        cmd = ["minisink", "train", *(resume or args), "--steps", str(steps), "--save-every", "50",
+               "--out", str(folder)]
+        print(" ".join(cmd), flush=True)
+        subprocess.run([sys.executable, "-m", "minisink.cli", *cmd[1:]], check=True)
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def emergence_table(out: Path, every: int = 50) -> str:
+    """Per seed of the class preset: Sink_1 / BOS mass of non-trigger queries / mean loss of the last `every` steps."""
+    logs = {s: read_log(out / f"class_s{s}") for s in SEEDS if (out / f"class_s{s}" / "train_log.jsonl").is_file()}
+    lines = ["| step | " + " | ".join(f"seed {s}: Sink_1 %, BOS mass, loss" for s in logs) + " |",
+             "|---|" + "---|" * len(logs)]
+    last = max(r["step"] for log in logs.values() for r in log)
+    for step in range(every, last + 1, every):
+        cells = []
+        for log in logs.values():
+            by_step = {r["step"]: r for r in log}
+            probe = by_step.get(step, {})
+            losses = [r["loss"] for r in log if step - every < r["step"] <= step]
+            cells.append(f"{probe.get('sink1', float('nan')):.0f}, {probe.get('bos_mass', [float('nan')])[0]:.2f}, "
+                         f"{np.mean(losses):.3f}" if losses else "-")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    firsts = []
+    for s, log in logs.items():
+        hit = next((r["step"] for r in log if r.get("bos_mass", [0])[0] > SINK_AT), None)
+        firsts.append(f"seed {s}: {'none by step ' + str(log[-1]['step']) if hit is None else 'step ' + str(hit)}")
+    return "\n".join(lines) + f"\n\nFirst probe with BOS mass > {SINK_AT}: " + "; ".join(firsts) + "."
+
+
+def streams(folder: Path):
+    """(model, ids [STREAMS, STREAM_LEN], copy-target mask [STREAMS, STREAM_LEN - 1]) for a trained folder: fresh
+    Bigram-Backcopy streams (a generator no run uses), the sink token first for the sink-token variant."""
+    import minisink
+    from minisink.corpus import fetch_kjv
+    from minisink.data import BigramBackcopy
+
+    model = minisink.load_model(folder)
+    sink_token = model.config.attention_variant == "sink-token"
+    data = BigramBackcopy(Path(fetch_kjv(progress=False)).read_text(encoding="utf-8"), sink_token)
+    ids = data.batch(np.random.default_rng(12345), STREAMS, STREAM_LEN - 1)  # [STREAMS, STREAM_LEN]
+    return model, ids, data.trigger_mask(ids[:, :-1])
+
+
+def streaming_losses(folder: Path) -> dict[str, tuple[float, float]]:
+    """cache -> (mean NLL on copy targets, on bigram targets), targets at positions >= WINDOW only."""
+    from minisink.evaluate import stream_nll
+
+    model, ids, copy = streams(folder)
+    caches = {"dense": lambda: model.new_cache(),
+              f"0+{WINDOW}": lambda: model.new_cache(n_sink=0, window=WINDOW),
+              f"1+{WINDOW - 1}": lambda: model.new_cache(n_sink=1, window=WINDOW - 1),
+              f"4+{WINDOW - 4}": lambda: model.new_cache(n_sink=4, window=WINDOW - 4)}
+    result = {}
+    for name, make in caches.items():
+        nll = np.stack([stream_nll(model, row, make()) for row in ids])  # [STREAMS, STREAM_LEN - 1]
+        late = np.zeros_like(copy)
+        late[:, WINDOW:] = True  # the targets predicted once the window is full
+        result[name] = (float(nll[late & copy].mean()), float(nll[late & ~copy].mean()))
+    return result
+
+
+def final_probe(folder: Path) -> dict:
+    return next(r for r in reversed(read_log(folder)) if "sink1" in r)
+
+
+def table3(out: Path) -> str:
+    names = {"softmax": "class_s0", **{v: f"var_{v}" for v in VARIANTS}}
+    header = ["dense", f"0+{WINDOW}", f"1+{WINDOW - 1}", f"4+{WINDOW - 4}"]
+    lines = ["| variant | step | Sink_1 % | BOS mass | " + " | ".join(f"{c} copy / bigram" for c in header) + " |",
+             "|---|---|---|---|" + "---|" * len(header)]
+    causal = ["| variant | grew a first-token sink (Sink_1 > 0 or BOS mass > 0.5) | evicting it costs (0+W vs 1+(W-1), "
+              "bigram targets) |", "|---|---|---|"]
+    for variant, name in names.items():
+        folder = out / name
+        if not (folder / "model.safetensors").is_file():
+            continue
+        probe, losses = final_probe(folder), streaming_losses(folder)
+        mass = probe.get("bos_mass", [float("nan")])[0]
+        cells = " | ".join(f"{losses[c][0]:.3f} / {losses[c][1]:.3f}" for c in header)
+        lines.append(f"| {variant} | {probe['step']} | {probe['sink1']:.0f} | {mass:.2f} | {cells} |")
+        cost = losses[header[1]][1] - losses[header[2]][1]
+        grew = "yes" if probe["sink1"] > 0 or mass > SINK_AT else "no"
+        causal.append(f"| {variant} | {grew} (Sink_1 {probe['sink1']:.0f}%, BOS mass {mass:.2f}) | "
+                      f"{cost:+.3f} nats |")
+    return "\n".join(lines) + "\n\n" + "\n".join(causal)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["train", "report"])
+    p.add_argument("--out", required=True, type=Path, help="the folder of the run folders")
+    p.add_argument("--only", choices=["class", "variants", "knobs"], help="train: only these runs")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"steps per run (default {STEPS})")
+    args = p.parse_args(argv)
+    if args.action == "train":
+        train_all(args.out, args.only, args.steps)
+        return
+    print("## Emergence (the class preset, three seeds)\n")
+    print(emergence_table(args.out))
+    print(f"\n## Table 3 at toy scale (Bigram-Backcopy streams of {STREAM_LEN} tokens, cache W = {WINDOW}; mean NLL "
+          "in nats on the copy and the bigram targets once the window is full)\n")
+    print(table3(args.out))
+
+
+if __name__ == "__main__":
+    main()
