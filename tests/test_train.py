@@ -239,3 +239,24 @@ def test_resume_refuses_a_different_run(tmp_path, capsys):
         train(TrainSettings(**TINY, steps=4), tmp_path / "r", text=TEXT, progress=False)
     with pytest.raises(TrainError, match="training text differs"):
         train(TrainSettings(**TINY, steps=4), tmp_path / "r", text=TEXT + "x", progress=False, resume=True)
+
+
+@pytest.mark.parametrize("variant", ["softmax", "softmax1", "sink-logit", "sink-token", "sigmoid"])
+def test_every_variant_trains_and_its_folder_runs_at_inference(tmp_path, variant):
+    """A few steps per variant; the folder records the variant, and minisink's inference forward over the folder
+    gives the training loss (the loss `loss_and_grads` computes on the same rows)."""
+    from minisink.data import BigramBackcopy
+    from minisink.evaluate import token_nll
+
+    out = train(TrainSettings(**TINY, steps=3, variant=variant), tmp_path / variant, text=TEXT, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["attention_variant"] == variant
+    model = minisink.load_model(out)
+    if variant == "sink-logit":
+        assert model.sink_logits.shape == (2, 4) and "model.layers.1.self_attn.sinks" in weights(out)
+    data = BigramBackcopy(TEXT, sink_token=variant == "sink-token")
+    assert config.get("sink_token_id") == data.sink_id
+    ids = data.batch(np.random.default_rng(5), 3, 16)  # [3, 17]
+    loss, _ = train_module.loss_and_grads(model, ids)
+    nll = np.concatenate([token_nll(model.forward(row[:-1], model.new_cache()), row[1:]) for row in ids])
+    assert loss == pytest.approx(nll.mean(), rel=1e-5)
