@@ -124,7 +124,11 @@ def streaming_losses(folder: Path) -> dict[str, tuple[float, float]]:
 
 
 def final_probe(folder: Path) -> dict:
-    return next(r for r in reversed(read_log(folder)) if "sink1" in r)
+    """The log's probe at the step of the folder's weights (its last checkpoint; a run may still be going)."""
+    from minisink.train import CHECKPOINT, read_checkpoint
+
+    step = int(read_checkpoint(folder / CHECKPOINT)[1]["step"])
+    return next(r for r in read_log(folder) if r["step"] == step and "sink1" in r)
 
 
 def table3(out: Path) -> str:
