@@ -98,3 +98,24 @@ def test_bad_input():
         make_dataset("wiki", TEXT)
     with pytest.raises(DataError, match="empty"):
         TextData("  \n")
+
+
+def test_stream_prefix(tmp_path):
+    """A stream through a trained folder starts as its training samples did; other tokenizers get nothing."""
+    from minisink.config import LlamaConfig
+    from minisink.data import stream_prefix
+    from minisink.tiny import tiny_config
+
+    d = BigramBackcopy(TEXT, sink_token=True)
+    save_tokenizer(d.tokenizer, tmp_path)
+    tok = minisink.load_tokenizer(tmp_path)
+    sink_config = LlamaConfig.from_dict(tiny_config(vocab_size=d.vocab_size, attention_variant="sink-token",
+                                                    sink_token_id=d.sink_id))
+    assert stream_prefix(sink_config, tok) == [d.sink_id, d.bos_id]
+    assert stream_prefix(LlamaConfig.from_dict(tiny_config(vocab_size=d.vocab_size)), tok) == [d.bos_id]
+    other = tmp_path / "other"
+    other.mkdir()
+    import tokenizers
+
+    tokenizers.Tokenizer(tokenizers.models.BPE(vocab={"a": 0, "b": 1}, merges=[])).save(str(other / "tokenizer.json"))
+    assert stream_prefix(sink_config, minisink.load_tokenizer(other)) == []  # not a tokenizer minisink trained
