@@ -2,7 +2,7 @@
 
     python experiments/grow_sink.py train --out runs/grow             # every `minisink train` run (printed first)
     python experiments/grow_sink.py train --out runs/grow --only class   # just the class preset's seeds
-    python experiments/grow_sink.py report --out runs/grow            # the markdown tables of docs/results.md
+    python experiments/grow_sink.py report --out runs/grow --plot docs/img/grow_sink.png   # tables and figure
 
 Runs (each one `minisink train` command; a finished run is skipped, an interrupted one resumed with --resume):
 - class_sS: the class preset (Bigram-Backcopy, 1 layer, 1 head, width 256, sequence 64, batch 64, lr 2e-3) for
@@ -91,6 +91,35 @@ def emergence_table(out: Path, every: int = 50) -> str:
     return "\n".join(lines) + f"\n\nFirst probe with BOS mass > {SINK_AT}: " + "; ".join(firsts) + "."
 
 
+def plot_emergence(out: Path, path: Path) -> Path:
+    """BOS mass of non-trigger queries (top) and the loss (bottom) against the step, one line per run of class_s*
+    and var_*: the figure of docs/results.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 4.5), sharex=True)
+    for folder in [f for f in sorted(out.glob("class_s*")) + sorted(out.glob("var_*")) if f.is_dir()]:
+        log = read_log(folder)
+        probes = [r for r in log if "bos_mass" in r]
+        label = folder.name.replace("class_s", "softmax, seed ").replace("var_", "")
+        style = "-" if folder.name.startswith("class") else "--"
+        top.plot([r["step"] for r in probes], [r["bos_mass"][0] for r in probes], style, label=label)
+        steps = np.array([r["step"] for r in log])
+        loss = np.convolve([r["loss"] for r in log], np.ones(10) / 10, mode="same")  # a 10-step running mean
+        bottom.plot(steps[5:-5], loss[5:-5], style, lw=1)
+    top.axhline(SINK_AT, color="gray", lw=0.5)
+    top.set_ylabel("attention on BOS\n(non-trigger queries)", fontsize=8)
+    bottom.set_ylabel("training loss", fontsize=8)
+    bottom.set_xlabel("step (batch 64 x 64 tokens)", fontsize=8)
+    top.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def streams(folder: Path):
     """(model, ids [STREAMS, STREAM_LEN], copy-target mask [STREAMS, STREAM_LEN - 1]) for a trained folder: fresh
     Bigram-Backcopy streams (a generator no run uses), the sink token first for the sink-token variant."""
@@ -123,6 +152,24 @@ def streaming_losses(folder: Path) -> dict[str, tuple[float, float]]:
     return result
 
 
+def row_sum(folder: Path, length: int = 64) -> float:
+    """The attention a non-trigger query puts on real keys (its row sum), averaged over the first `length` tokens of
+    the streams, layers and heads: 1 for softmax; below 1 when a sink logit (softmax1, sink-logit) takes the rest;
+    anything for sigmoid, which does not normalize."""
+    from minisink.attention_maps import capture
+
+    model, ids, copy = streams(folder)
+    sums, keep = [], []
+    for row, is_copy in zip(ids[:, :length], copy[:, :length], strict=True):
+        A = np.stack(capture(model, row))  # [layers, H, T, T]
+        sums.append(A.sum(axis=-1))  # [layers, H, T]
+        queries = ~is_copy
+        queries[:2] = False  # the sink token / BOS themselves
+        keep.append(queries)
+    sums, keep = np.stack(sums), np.stack(keep)  # [streams, layers, H, T], [streams, T]
+    return float(sums.transpose(1, 2, 0, 3)[..., keep].mean())
+
+
 def final_probe(folder: Path) -> dict:
     """The log's probe at the step of the folder's weights (its last checkpoint; a run may still be going)."""
     from minisink.train import CHECKPOINT, read_checkpoint
@@ -134,8 +181,8 @@ def final_probe(folder: Path) -> dict:
 def table3(out: Path) -> str:
     names = {"softmax": "class_s0", **{v: f"var_{v}" for v in VARIANTS}}
     header = ["dense", f"0+{WINDOW}", f"1+{WINDOW - 1}", f"4+{WINDOW - 4}"]
-    lines = ["| variant | step | Sink_1 % | BOS mass | " + " | ".join(f"{c} copy / bigram" for c in header) + " |",
-             "|---|---|---|---|" + "---|" * len(header)]
+    lines = ["| variant | step | Sink_1 % | BOS mass | row sum | " + " | ".join(f"{c} copy / bigram" for c in header)
+             + " |", "|---|---|---|---|---|" + "---|" * len(header)]
     causal = ["| variant | grew a first-token sink (Sink_1 > 0 or BOS mass > 0.5) | evicting it costs (0+W vs 1+(W-1), "
               "bigram targets) |", "|---|---|---|"]
     for variant, name in names.items():
@@ -145,7 +192,8 @@ def table3(out: Path) -> str:
         probe, losses = final_probe(folder), streaming_losses(folder)
         mass = probe.get("bos_mass", [float("nan")])[0]
         cells = " | ".join(f"{losses[c][0]:.3f} / {losses[c][1]:.3f}" for c in header)
-        lines.append(f"| {variant} | {probe['step']} | {probe['sink1']:.0f} | {mass:.2f} | {cells} |")
+        lines.append(f"| {variant} | {probe['step']} | {probe['sink1']:.0f} | {mass:.2f} | {row_sum(folder):.2f} | "
+                     f"{cells} |")
         cost = losses[header[1]][1] - losses[header[2]][1]
         grew = "yes" if probe["sink1"] > 0 or mass > SINK_AT else "no"
         causal.append(f"| {variant} | {grew} (Sink_1 {probe['sink1']:.0f}%, BOS mass {mass:.2f}) | "
@@ -159,10 +207,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, type=Path, help="the folder of the run folders")
     p.add_argument("--only", choices=["class", "variants", "knobs"], help="train: only these runs")
     p.add_argument("--steps", type=int, default=STEPS, help=f"steps per run (default {STEPS})")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="report: also draw the emergence figure here")
     args = p.parse_args(argv)
     if args.action == "train":
         train_all(args.out, args.only, args.steps)
         return
+    if args.plot:
+        print(f"wrote {plot_emergence(args.out, args.plot)}")
     print("## Emergence (the class preset, three seeds)\n")
     print(emergence_table(args.out))
     print(f"\n## Table 3 at toy scale (Bigram-Backcopy streams of {STREAM_LEN} tokens, cache W = {WINDOW}; mean NLL "
