@@ -17,7 +17,7 @@ from pathlib import Path
 # The class preset: the setting where a torch reference grew a BOS sink within a minute in 2 of 3 seeds (Guo et
 # al.'s Bigram-Backcopy, 1 layer, 1 head, width 256, sequence 64, batch 64, AdamW lr 2e-3). Run several seeds.
 PRESETS = {"class": dict(data="bigram-backcopy", variant="softmax", layers=1, hidden=256, heads=1, kv_heads=None,
-                         seq_len=64, batch=64, steps=400, lr=2e-3, warmup=50, decay_steps=2000)}
+                         seq_len=64, batch=64, steps=500, lr=2e-3, warmup=50, decay_steps=2000)}
 
 def add_train(subparsers) -> argparse.ArgumentParser:
     from .train import VARIANTS
@@ -28,7 +28,7 @@ def add_train(subparsers) -> argparse.ArgumentParser:
                     "model folder (config.json, model.safetensors, tokenizer.json) that every other command loads "
                     "with --model, a checkpoint every --save-every steps, and train_log.jsonl.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="class: Bigram-Backcopy, 1 layer, 1 head, width 256, "
-                   "sequence 64, batch 64, lr 2e-3, 400 steps (flags given beside it win)")
+                   "sequence 64, batch 64, lr 2e-3, 500 steps (flags given beside it win)")
     p.add_argument("--data", help="bigram-backcopy (Guo et al.'s synthetic task, default) or text (a BPE over "
                                   "--text or the KJV)")
     p.add_argument("--text", metavar="FILE", help="the UTF-8 text to train on, or whose character statistics "
