@@ -390,7 +390,7 @@ def train(s: TrainSettings, out, *, resume: bool = False, save_every: int = 100,
     except OSError as e:
         raise TrainError(f"cannot write the run folder {out}: {e.strerror or e}") from None
 
-    bar = _progress(s.steps, start, progress)
+    bar, sink1 = _progress(s.steps, start, progress), "-"
     saved_step = start
     tokens = s.batch * s.seq_len
     with open(log_path, "a", encoding="utf-8") as log:
@@ -417,8 +417,8 @@ def train(s: TrainSettings, out, *, resume: bool = False, save_every: int = 100,
             log.flush()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=record["tokens_per_s"],
-                                sink1=f"{record['sink1']:.0f}%" if "sink1" in record else "-", refresh=False)
+                sink1 = f"{record['sink1']:.0f}%" if "sink1" in record else sink1  # the last probe's until the next
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=record["tokens_per_s"], sink1=sink1, refresh=False)
             if (step + 1) % save_every == 0 or step + 1 == s.steps:
                 try:
                     save_checkpoint(checkpoint, model, opt, step + 1, rng, s, text_sha)
