@@ -5,10 +5,12 @@
    whole model in float64 (residuals, final norm, tied head), a few entries of every weight.
 2. `loss_and_grads` against transformers' `LlamaForCausalLM` on the same weights: `labels=` loss and
    `loss.backward()`; every weight's gradient within 1e-4 norm-relative (float32), on GQA and MHA, tied and untied
-   embeddings, odd head widths, several rope_theta, biases, sequence lengths 1 to 64.
+   embeddings, odd head widths, several rope_theta and llama3 RoPE scaling, biases, sequence lengths 1 to 64.
 3. The attention variants against torch autograd through small torch functions written here (transformers' gpt-oss
-   `eager_attention_forward` for the sink logit).
-4. The training forward gives `Llama.forward`'s logits on the same weights.
+   `eager_attention_forward` for the sink logit): the attention alone, then the whole model, as transformers' Llama
+   with that function as its attention (its AttentionInterface) and a `self_attn.sinks` parameter for the sink logit.
+4. The training forward gives `Llama.forward`'s logits on the same weights, for every variant.
+Parts 2 and 3 skip without torch and transformers (the `oracle` extra); parts 1 and 4 need neither.
 """
 
 from dataclasses import fields
@@ -19,10 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minisink
-from minisink.backward import (VARIANTS, attention_backward, attention_forward, cross_entropy,
-                               cross_entropy_backward, embedding_backward, linear_backward, loss_and_grads,
-                               rms_norm_backward, rope_backward, swiglu_backward, training_forward)
-from minisink.model import linear, rms_norm, silu
+import minisink.backward
+from minisink.backward import (attention_backward, attention_forward, cross_entropy, cross_entropy_backward,
+                               embedding_backward, linear_backward, loss_and_grads, rms_norm_backward, rope_backward,
+                               swiglu_backward, training_forward)
+from minisink.config import ATTENTION_VARIANTS
+from minisink.model import InputError, linear, rms_norm, silu
 from minisink.rope import apply_rope, rotation
 from tiny import tiny_model
 
@@ -31,18 +35,22 @@ FD_TOL = 1e-6  # norm-relative error allowed against central differences (float6
 ORACLE_TOL = 1e-4  # norm-relative error allowed against torch (float32 both)
 
 
+def central_difference(loss, x: np.ndarray, index) -> float:
+    """d loss() / d x[index], by (loss(x + EPS) - loss(x - EPS)) / (2 EPS) at that entry; x float64, restored."""
+    old = x[index]
+    x[index] = old + EPS
+    up = loss()
+    x[index] = old - EPS
+    down = loss()
+    x[index] = old
+    return (up - down) / (2 * EPS)
+
+
 def numerical_gradient(loss, x: np.ndarray) -> np.ndarray:
-    """d loss() / d x by central differences, x float64 and changed in place (and restored) entry by entry."""
+    """d loss() / d x by central differences, every entry of x."""
     grad = np.zeros_like(x)
-    flat = x.reshape(-1)  # a view: writing it nudges x
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + EPS
-        up = loss()
-        flat[i] = old - EPS
-        down = loss()
-        flat[i] = old
-        grad.reshape(-1)[i] = (up - down) / (2 * EPS)
+    for index in np.ndindex(x.shape):
+        grad[index] = central_difference(loss, x, index)
     return grad
 
 
@@ -140,8 +148,19 @@ def test_swiglu_backward(seed, N, width, scale):
     assert_close(swiglu_backward(d_act, gate_up), numerical_gradient(loss, gate_up))
 
 
+def test_swiglu_backward_over_several_row_blocks():
+    """More rows than ROW_BLOCK: every block gets the formula, written here whole, in float64."""
+    rng = np.random.default_rng(0)
+    N, width = 2 * minisink.backward.ROW_BLOCK + 7, 5
+    gate_up, d_act = randn(rng, N, 2 * width, scale=3), randn(rng, N, width)
+    gate, up = gate_up[:, :width], gate_up[:, width:]
+    sig = 1 / (1 + np.exp(-gate))
+    want = np.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * gate * sig], axis=1)
+    assert_close(swiglu_backward(d_act, gate_up), want, tol=1e-12)
+
+
 @given(seed=seeds, B=st.integers(1, 2), T=st.integers(1, 4), kv_heads=st.integers(1, 2), G=st.integers(1, 2),
-       D=st.integers(1, 3), variant=st.sampled_from([v for v in VARIANTS if v != "sink-token"]),
+       D=st.integers(1, 3), variant=st.sampled_from([v for v in ATTENTION_VARIANTS if v != "sink-token"]),
        bias=st.sampled_from([0.0, -1.5]))
 def test_attention_backward(seed, B, T, kv_heads, G, D, variant, bias):
     rng = np.random.default_rng(seed)
@@ -165,7 +184,7 @@ def float64_model(model):
     for layer in model.layers:
         for f in fields(layer):
             value = getattr(layer, f.name)
-            if value is not None:
+            if isinstance(value, np.ndarray):
                 setattr(layer, f.name, value.astype(np.float64))
     tied = model.lm_head is model.embed_tokens
     model.embed_tokens, model.norm = model.embed_tokens.astype(np.float64), model.norm.astype(np.float64)
@@ -173,35 +192,11 @@ def float64_model(model):
     return model
 
 
-def weight_views(model) -> dict[str, np.ndarray]:
-    """Each Hugging Face weight name -> a view into the model's own array (nudging it changes the model)."""
-    c = model.config
-    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim  # rows of q_proj, of k_proj
-    views = {"model.embed_tokens.weight": model.embed_tokens, "model.norm.weight": model.norm}
-    if not c.tie_word_embeddings:
-        views["lm_head.weight"] = model.lm_head
-    for n, layer in enumerate(model.layers):
-        a, m, mlp_width = f"model.layers.{n}.self_attn.", f"model.layers.{n}.mlp.", layer.down_proj.shape[1]
-        views |= {f"model.layers.{n}.input_layernorm.weight": layer.input_layernorm,
-                  a + "q_proj.weight": layer.qkv_proj[:q], a + "k_proj.weight": layer.qkv_proj[q:q + kv],
-                  a + "v_proj.weight": layer.qkv_proj[q + kv:], a + "o_proj.weight": layer.o_proj,
-                  f"model.layers.{n}.post_attention_layernorm.weight": layer.post_attention_layernorm,
-                  m + "gate_proj.weight": layer.gate_up_proj[:mlp_width],
-                  m + "up_proj.weight": layer.gate_up_proj[mlp_width:], m + "down_proj.weight": layer.down_proj}
-        for name, bias, rows in [(a + "q_proj", layer.qkv_bias, slice(0, q)), (a + "k_proj", layer.qkv_bias,
-                                 slice(q, q + kv)), (a + "v_proj", layer.qkv_bias, slice(q + kv, None)),
-                                 (a + "o_proj", layer.o_bias, slice(None)),
-                                 (m + "gate_proj", layer.gate_up_bias, slice(0, mlp_width)),
-                                 (m + "up_proj", layer.gate_up_bias, slice(mlp_width, None)),
-                                 (m + "down_proj", layer.down_bias, slice(None))]:
-            if bias is not None:
-                views[name + ".bias"] = bias[rows]
-    return views
-
-
 @pytest.mark.parametrize("overrides", [dict(tie_word_embeddings=True), dict(attention_bias=True, mlp_bias=True),
-                                       dict(num_key_value_heads=4, head_dim=6, hidden_size=20)],
-                         ids=["tied", "biases", "mha_odd_width"])
+                                       dict(num_key_value_heads=4, head_dim=6, hidden_size=20),
+                                       dict(attention_variant="softmax1"),
+                                       dict(attention_variant="sigmoid", sigmoid_bias=-1.0)],
+                         ids=["tied", "biases", "mha_odd_width", "softmax1", "sigmoid"])
 def test_whole_model_against_central_differences(overrides):
     """Residuals, the final norm, the tied head, the layers in sequence: the whole chain in float64, a few entries of
     every weight (chosen at random) against central differences of the loss."""
@@ -210,8 +205,8 @@ def test_whole_model_against_central_differences(overrides):
     model = float64_model(tiny_model(1, **{**shape, **overrides}))
     ids = np.random.default_rng(2).integers(0, 11, (2, 6))
     loss, grads = loss_and_grads(model, ids)
-    views = weight_views(model)
-    assert set(grads) == set(views)
+    params = model.parameters()  # views into the (float64) weights: nudging one changes the model
+    assert set(grads) == set(params)
 
     def loss_only():
         logits, _ = training_forward(model, ids[:, :-1])
@@ -219,17 +214,11 @@ def test_whole_model_against_central_differences(overrides):
 
     assert loss_only() == loss
     rng = np.random.default_rng(3)
-    for name, w in views.items():
-        assert grads[name].shape == w.shape, name
+    for name, w in params.items():
+        assert w.dtype == np.float64 and grads[name].shape == w.shape, name
         for i in rng.choice(w.size, size=min(3, w.size), replace=False):
             index = np.unravel_index(i, w.shape)
-            old = w[index]
-            w[index] = old + EPS
-            up = loss_only()
-            w[index] = old - EPS
-            down = loss_only()
-            w[index] = old
-            want = (up - down) / (2 * EPS)
+            want = central_difference(loss_only, w, index)
             assert abs(grads[name][index] - want) < 1e-6 * max(1.0, abs(want)), f"{name}{index}"
 
 
@@ -275,6 +264,10 @@ ORACLE_CONFIGS = {
                                               tie_word_embeddings=True),
     "gqa6-3_width10_3layers": dict(hidden_size=36, num_attention_heads=6, num_key_value_heads=3, head_dim=10,
                                    num_hidden_layers=3, vocab_size=61, rope_theta=2e5),
+    # llama3 RoPE scaling, head_dim 8: wavelengths 6.3 to 6283 against an original context of 64 (as test_oracle.py)
+    "llama3_rope_scaling": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 64}),
 }
 
 
@@ -322,7 +315,7 @@ def torch_attention(q, k, v, variant: str, sigma, bias: float):
     return (p @ v).transpose(1, 2)
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "sink-token"])
+@pytest.mark.parametrize("variant", [v for v in ATTENTION_VARIANTS if v != "sink-token"])
 @pytest.mark.parametrize("B,T,kv_heads,G,D", [(2, 9, 2, 3, 6), (3, 1, 1, 1, 4), (1, 33, 1, 4, 10)])
 def test_attention_variants_match_torch_autograd(variant, B, T, kv_heads, G, D):
     torch = pytest.importorskip("torch")
@@ -355,10 +348,45 @@ def test_attention_variants_match_torch_autograd(variant, B, T, kv_heads, G, D):
         assert_close(d_sigma, tsigma.grad.numpy(), tol=1e-5, name="d_sink_logits")
 
 
+def hf_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """An attention function for transformers' AttentionInterface: the variant of the module's config, through
+    `torch_attention` (the causal mask is made there: every sample here is whole, with no padding)."""
+    c = module.config
+    return torch_attention(query, key, value, c.attention_variant, getattr(module, "sinks", None),
+                           getattr(c, "sigmoid_bias", None)), None
+
+
+@pytest.mark.parametrize("variant", ATTENTION_VARIANTS)
+def test_variant_gradients_match_torch_autograd(tmp_path, variant):
+    """The whole model with each variant: transformers' Llama with its attention swapped for `torch_attention`
+    (and a `self_attn.sinks` parameter per layer for the sink logit), saved and loaded by minisink."""
+    torch, transformers = pytest.importorskip("torch"), pytest.importorskip("transformers")
+    transformers.AttentionInterface.register("minisink_variant", hf_attention)
+    options = {"sink-token": dict(sink_token_id=0), "sigmoid": dict(sigmoid_bias=-0.7)}.get(variant, {})
+    hf = hf_llama(1, attention_variant=variant, **options)
+    hf.config._attn_implementation = "minisink_variant"
+    if variant == "sink-logit":
+        g = torch.Generator().manual_seed(5)
+        for layer in hf.model.layers:
+            layer.self_attn.sinks = torch.nn.Parameter(torch.randn(hf.config.num_attention_heads, generator=g))
+    hf.save_pretrained(tmp_path)
+    model = minisink.load_model(tmp_path)
+    assert model.config.attention_variant == variant
+    ids = np.random.default_rng(4).integers(0, hf.config.vocab_size, (2, 25))
+    want_loss, want = torch_loss_and_grads(hf, ids)
+    loss, grads = loss_and_grads(model, ids)
+    assert abs(loss - want_loss) < 1e-5 * abs(want_loss)
+    assert set(grads) == set(want) == set(model.parameters())
+    for key, g in grads.items():
+        assert_close(g, want[key], tol=ORACLE_TOL, name=key)
+
+
 # ---- 4. the training forward is the model's forward ------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [{}, dict(tie_word_embeddings=True, num_key_value_heads=6, attention_bias=True)],
-                         ids=["gqa", "mha_tied_bias"])
+@pytest.mark.parametrize("overrides", [{}, dict(tie_word_embeddings=True, num_key_value_heads=6, attention_bias=True),
+                                       dict(attention_variant="softmax1"), dict(attention_variant="sink-logit"),
+                                       dict(attention_variant="sigmoid", sigmoid_bias=0.0)],
+                         ids=["gqa", "mha_tied_bias", "softmax1", "sink-logit", "sigmoid"])
 def test_training_logits_equal_llama_forward(overrides):
     model = tiny_model(0, **overrides)
     inputs = np.random.default_rng(1).integers(0, model.config.vocab_size, (3, 20))
@@ -370,11 +398,24 @@ def test_training_logits_equal_llama_forward(overrides):
 
 def test_bad_token_ids_are_clear_errors():
     model = tiny_model(0)
-    with pytest.raises(ValueError, match="2-D array"):
+    with pytest.raises(InputError, match="2-D array"):
         loss_and_grads(model, np.zeros(5, dtype=int))
-    with pytest.raises(ValueError, match="at least 2 tokens"):
+    with pytest.raises(InputError, match="at least 2 tokens"):
         loss_and_grads(model, np.zeros((2, 1), dtype=int))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         loss_and_grads(model, np.full((2, 3), model.config.vocab_size))
-    with pytest.raises(ValueError, match="integers"):
+    with pytest.raises(InputError, match="integers"):
         loss_and_grads(model, np.zeros((2, 3)))
+
+
+def test_loss_and_grads_leaves_the_weights_alone():
+    """The gradients are new arrays: the model's weights are bitwise the same after a step, and a second call gives
+    bitwise the same loss and gradients."""
+    model = tiny_model(0, tie_word_embeddings=True, attention_variant="sink-logit")
+    before = {name: w.copy() for name, w in model.parameters().items()}
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 9))
+    loss, grads = loss_and_grads(model, ids)
+    assert all(np.array_equal(w, before[name]) for name, w in model.parameters().items())
+    assert not any(np.shares_memory(g, w) for g in grads.values() for w in model.parameters().values())
+    again, grads_again = loss_and_grads(model, ids)
+    assert again == loss and all(np.array_equal(grads[name], grads_again[name]) for name in grads)
