@@ -386,7 +386,7 @@ def test_real_recompute_vs_sink_cache(real_model, prose_ids):
     m, ids = real_model, prose_ids[:150]
     S, W = REAL_S, REAL_W
     sink = m.forward(ids, m.new_cache(n_sink=S, window=W))
-    recompute = m.forward(ids, m.new_cache(n_sink=S, window=W, recompute=True))
+    recompute = logits(m, ids, m.new_cache(n_sink=S, window=W, recompute=True))
     full = m.forward(ids, m.new_cache())
     assert_close(recompute[:S + W], sink[:S + W], "real: recompute vs sink before eviction")
 
