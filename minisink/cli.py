@@ -724,7 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_assignment)
 
     add_fetch_parser(sub)
-    from .train_cli import add_train; add_train(sub)  # noqa: E702  (the trainer's command: minisink/train_cli.py)
+    from .train_cli import add_train  # the trainer's command lives in minisink/train_cli.py
+
+    add_train(sub)
     return parser
 
 
