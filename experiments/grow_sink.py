@@ -8,6 +8,8 @@ Runs (each one `minisink train` command; a finished run is skipped, an interrupt
 - class_sS: the class preset (Bigram-Backcopy, 1 layer, 1 head, width 256, sequence 64, batch 64, lr 2e-3) for
   seeds 0, 1, 2: emergence is a distribution over seeds, so never one run alone.
 - var_V: the same preset, seed 0, for each attention variant but softmax (class_s0 is softmax's).
+- kjv_softmax: the natural-text half, small: a 2-layer, width-128 Llama on a 2048-token BPE of the KJV's first 90%,
+  sequences of 128, batches of 16; its held-out perplexity through the same caches (W = 64).
 - knob_*: Gu et al.'s cheap knobs on the same task: weight decay 0 and 0.5, learning rate 1e-3, and a tenth of the
   steps (the amount of data).
 Report:
@@ -45,6 +47,9 @@ def runs(only: str | None) -> dict[str, list[str]]:
         out.update({f"class_s{s}": ["--preset", "class", "--seed", str(s)] for s in SEEDS})
     if only in (None, "variants"):
         out.update({f"var_{v}": ["--preset", "class", "--variant", v, "--seed", "0"] for v in VARIANTS})
+    if only in (None, "kjv"):  # the natural-text half, small enough for a shared machine
+        out["kjv_softmax"] = ["--data", "text", "--layers", "2", "--hidden", "128", "--heads", "2", "--seq-len", "128",
+                              "--batch", "16", "--bpe-vocab", "2048"]
     if only in (None, "knobs"):
         out.update({name: ["--preset", "class", "--seed", "0", *flags] for name, flags in KNOBS.items()})
     return out
@@ -170,6 +175,29 @@ def row_sum(folder: Path, length: int = 64) -> float:
     return float(sums.transpose(1, 2, 0, 3)[..., keep].mean())
 
 
+def held_out_text_ppl(folder: Path, window: int = 64, length: int = 512, n: int = 8) -> dict[str, float]:
+    """A model trained with --data text (on the KJV): perplexity of n held-out streams of `length` tokens (BOS
+    first, from the text's held-out tail, which training never saw) through caches dense, 0 + W, 1 + (W - 1),
+    4 + (W - 4), on the tokens predicted once the window is full."""
+    import minisink
+    from minisink.corpus import fetch_kjv
+    from minisink.data import HELD_OUT, stream_prefix
+    from minisink.evaluate import stream_nll
+
+    model, tok = minisink.load_model(folder), minisink.load_tokenizer(folder)
+    text = Path(fetch_kjv(progress=False)).read_text(encoding="utf-8")
+    cut = int(len(text) * (1 - HELD_OUT))
+    ids = np.asarray(tok.encode(text[text.rfind("\n", 0, cut) + 1:]))  # the held-out tail, as TextData splits it
+    prefix = stream_prefix(model.config, tok)
+    starts = np.linspace(0, len(ids) - length, n, dtype=int)
+    rows = [np.concatenate([prefix, ids[a:a + length - len(prefix)]]) for a in starts]
+    caches = {"dense": lambda: model.new_cache(), f"0+{window}": lambda: model.new_cache(n_sink=0, window=window),
+              f"1+{window - 1}": lambda: model.new_cache(n_sink=1, window=window - 1),
+              f"4+{window - 4}": lambda: model.new_cache(n_sink=4, window=window - 4)}
+    return {name: float(np.exp(np.concatenate([stream_nll(model, row, make())[window:] for row in rows]).mean()))
+            for name, make in caches.items()}
+
+
 def final_probe(folder: Path) -> dict:
     """The log's probe at the step of the folder's weights (its last checkpoint; a run may still be going)."""
     from minisink.train import CHECKPOINT, read_checkpoint
@@ -205,7 +233,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["train", "report"])
     p.add_argument("--out", required=True, type=Path, help="the folder of the run folders")
-    p.add_argument("--only", choices=["class", "variants", "knobs"], help="train: only these runs")
+    p.add_argument("--only", choices=["class", "variants", "kjv", "knobs"], help="train: only these runs")
     p.add_argument("--steps", type=int, default=STEPS, help=f"steps per run (default {STEPS})")
     p.add_argument("--plot", type=Path, metavar="PNG", help="report: also draw the emergence figure here")
     args = p.parse_args(argv)
@@ -219,6 +247,12 @@ def main(argv=None) -> None:
     print(f"\n## Table 3 at toy scale (Bigram-Backcopy streams of {STREAM_LEN} tokens, cache W = {WINDOW}; mean NLL "
           "in nats on the copy and the bigram targets once the window is full)\n")
     print(table3(args.out))
+    if (args.out / "kjv_softmax" / "model.safetensors").is_file():
+        probe, ppl = final_probe(args.out / "kjv_softmax"), held_out_text_ppl(args.out / "kjv_softmax")
+        print("\n## KJV (held-out streams of 512 tokens, cache W = 64; perplexity once the window is full)\n\n"
+              "| model | step | Sink_1 % | " + " | ".join(ppl) + " |\n|---|---|---|" + "---|" * len(ppl) +
+              f"\n| kjv_softmax | {probe['step']} | {probe['sink1']:.0f} | " +
+              " | ".join(f"{v:.2f}" for v in ppl.values()) + " |")
 
 
 if __name__ == "__main__":
