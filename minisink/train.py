@@ -16,7 +16,10 @@ What it does:
   any time. A resumed run continues bit for bit: the same weights as a run that was never stopped.
 
 Determinism: the model's initial weights come from a generator seeded by (seed, 0), the batches from one seeded by
-(seed, 1), the probes from (seed, 2); nothing else draws random numbers. The learning-rate schedule depends on the
+(seed, 1), the probes from (seed, 2); nothing else draws random numbers. Bit-exact holds for one number of BLAS
+threads: OpenBLAS splits a matrix product's sums differently on 1 and 2 threads, so the same run on each ends with
+weights that differ in the last bits (the class preset's two runs in docs/results.md did, and both grew their sink at
+the same step). A resume must run with the threads of the run it continues. The learning-rate schedule depends on the
 settings, never on `steps` (the cosine runs over `decay_steps`), so that `steps` only says where to stop: a 15-step
 run resumed to 30 steps ends where one 30-step run does.
 
