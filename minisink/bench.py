@@ -372,6 +372,92 @@ def print_speed_table(m: dict, f: dict, e: dict, b: dict, eager: dict | None):
         print(f"{name:<58} {'n/a' if ratio is None else f'{ratio:.3f}':>7}   {target:<9} {figures}")
 
 
+def bench_training_step(quick: bool, repeats: int = 3, layers: int = 1, hidden: int = 256, heads: int = 1,
+                        seq_len: int = 64, batch: int = 64) -> dict:
+    """One training step (forward + backward + clipping + AdamW) of the class preset's model (docs/growing-a-sink.md)
+    on a random batch: minisink against transformers' eager LlamaForCausalLM with torch.optim.AdamW on the same
+    weights, batch and BLAS threads (torch's part skipped with --quick or without torch), interleaved; and
+    minisink's peak memory during the step (tracemalloc: NumPy reports its allocations to it; the weights and
+    AdamW's moments exist before it) against an estimate from the shapes: the gradients (one float per parameter),
+    each layer's saved activations (about 11 [N, d_model] arrays, gate_up [N, 2I] and act [N, I], the attention
+    probabilities and scores [B, H, T, T]), the logits and their softmax [N, V]."""
+    import tracemalloc
+
+    from .config import LlamaConfig
+    from .train import AdamW, TrainSettings, clip_grad_norm, init_weights, loss_and_grads, model_config
+
+    s = TrainSettings(layers=layers, hidden=hidden, heads=heads, seq_len=seq_len, batch=batch)
+    raw = model_config(s, 67, 65, None)  # Guo et al.'s 67 symbols
+    config = LlamaConfig.from_dict(raw)
+    weights = init_weights(config, np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 65, (batch, seq_len + 1))  # [B, T + 1]
+    model = Llama(config, {k: v.copy() for k, v in weights.items()})
+    opt = AdamW(model.parameters())
+
+    def ours():
+        loss, grads = loss_and_grads(model, ids)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads, 1e-3)
+
+    theirs = None
+    if not quick:
+        try:
+            import torch
+            from transformers import LlamaConfig as HFConfig
+            from transformers import LlamaForCausalLM
+        except ImportError:
+            torch = None
+        if torch is not None:
+            torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+            hf = LlamaForCausalLM(HFConfig(**{k: v for k, v in raw.items() if k != "attention_variant"},
+                                           attn_implementation="eager")).float()
+            hf.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+            torch_opt = torch.optim.AdamW(hf.parameters(), lr=1e-3)
+            t_ids = torch.from_numpy(ids)
+
+            def theirs():
+                out = hf(input_ids=t_ids[:, :-1], labels=t_ids[:, :-1])  # shifted inside: same targets as ours
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+                torch_opt.step()
+                torch_opt.zero_grad()
+
+    times = {"ours": [], "theirs": []}
+    for _ in range(repeats + 1):  # the first round warms both up and is not counted
+        for name, step in (("ours", ours), ("theirs", theirs)):
+            if step is not None:
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    ours()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    N, d, width, V = batch * seq_len, hidden, config.intermediate_size, config.vocab_size
+    P = sum(w.size for w in weights.values())
+    per_layer = 11 * N * d + 3 * N * width + 2 * batch * heads * seq_len * seq_len  # saved activations, in floats
+    estimate = 4 * (P + layers * per_layer + 2 * N * V)  # bytes: gradients, activations, logits and softmax
+    tokens = batch * seq_len
+    return {"ours_tok_s": tokens / statistics.median(times["ours"][1:]),
+            "theirs_tok_s": tokens / statistics.median(times["theirs"][1:]) if times["theirs"] else None,
+            "peak_mb": peak / 2 ** 20, "estimate_mb": estimate / 2 ** 20,
+            "shape": f"{layers} layer, width {hidden}, {heads} head, batch {batch} x {seq_len} tokens"}
+
+
+def print_training_step(quick: bool) -> None:
+    t = bench_training_step(quick, repeats=1, batch=8) if quick else bench_training_step(quick)
+    print(f"\ntraining step ({t['shape']}: forward + backward + AdamW, docs/growing-a-sink.md)")
+    print(f"  minisink                {t['ours_tok_s']:7.0f} tokens/s")
+    if t["theirs_tok_s"] is None:
+        print("  transformers eager      skipped (--quick, or torch/transformers not installed)")
+    else:
+        print(f"  transformers eager      {t['theirs_tok_s']:7.0f} tokens/s")
+        print(f"  minisink / torch        {t['ours_tok_s'] / t['theirs_tok_s']:7.2f} x        (target >= 0.8)")
+    print(f"  peak memory of a step   {t['peak_mb']:7.1f} MB   estimate from the shapes {t['estimate_mb']:.1f} MB "
+          f"(activations, gradients, logits; the weights and AdamW's moments exist before the step)")
+
+
 def run_bench(path, quick: bool = False):
     print(f"minisink bench on {path} (medians; ratios are measured in this run)\n")
     m = bench_minisink(path)
@@ -417,6 +503,7 @@ def run_bench(path, quick: bool = False):
     print(f"  busy / quiet speed      {b['quiet'] / b['busy']:7.2f} x        (target >= 0.45)")
     print(f"  busy, {b['default_threads']} threads fixed   {b['quiet'] / b['busy_fixed']:7.2f} x        "
           "(the BLAS's default, for comparison)")
+    print_training_step(quick)
     v = bench_eviction(model)
     print("\npolicies that read attention, budget 1024, decode (interleaved with the sink cache, medians)")
     for name in ("h2o", "tova"):
