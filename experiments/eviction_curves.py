@@ -1,4 +1,4 @@
-"""Quality against memory for the policies of docs/08-other-ways-to-forget.md: the table and the plot of
+"""Quality against memory for the policies of docs/09-other-ways-to-forget.md: the table and the plot of
 docs/results.md (perplexity against the total cache for window, sink 4 + rest, H2O, TOVA; dense as the line).
 
 The runs (KJV from its first token; h2o and tova token by token, the several budgets of one mode in one pass):

@@ -1,4 +1,4 @@
-"""The experiments of docs/growing-a-sink.md: train tiny Llamas in NumPy and test why a first-token sink emerges.
+"""The experiments of docs/08-growing-a-sink.md: train tiny Llamas in NumPy and test why a first-token sink emerges.
 
     python experiments/grow_sink.py train --out runs/grow             # every `minisink train` run (printed first)
     python experiments/grow_sink.py train --out runs/grow --only class   # just the class preset's seeds

@@ -374,7 +374,7 @@ def print_speed_table(m: dict, f: dict, e: dict, b: dict, eager: dict | None):
 
 def bench_training_step(quick: bool, repeats: int = 3, layers: int = 1, hidden: int = 256, heads: int = 1,
                         seq_len: int = 64, batch: int = 64) -> dict:
-    """One training step (forward + backward + clipping + AdamW) of the class preset's model (docs/growing-a-sink.md)
+    """One training step (forward + backward + clipping + AdamW) of the class preset's model (docs/08-growing-a-sink.md)
     on a random batch: minisink against transformers' eager LlamaForCausalLM with torch.optim.AdamW on the same
     weights, batch and BLAS threads (torch's part skipped with --quick or without torch), interleaved; and
     minisink's peak memory during the step (tracemalloc: NumPy reports its allocations to it; the weights and
@@ -447,7 +447,7 @@ def bench_training_step(quick: bool, repeats: int = 3, layers: int = 1, hidden: 
 
 def print_training_step(quick: bool) -> None:
     t = bench_training_step(quick, repeats=1, batch=8) if quick else bench_training_step(quick)
-    print(f"\ntraining step ({t['shape']}: forward + backward + AdamW, docs/growing-a-sink.md)")
+    print(f"\ntraining step ({t['shape']}: forward + backward + AdamW, docs/08-growing-a-sink.md)")
     print(f"  minisink                {t['ours_tok_s']:7.0f} tokens/s")
     if t["theirs_tok_s"] is None:
         print("  transformers eager      skipped (--quick, or torch/transformers not installed)")

@@ -65,7 +65,7 @@ CACHE_POLICIES = ("dense", "sink", "window", "recompute", "h2o", "tova")
 
 def add_cache_options(p, several_budgets: bool = False):
     """--policy, --sinks, --window, --budget, --heavy, --no-renumber; what they mean and their defaults are
-    minisink/spec.py's (docs/10-cli-tour.md repeats them)."""
+    minisink/spec.py's (docs/11-cli-tour.md repeats them)."""
     p.add_argument("--policy", "--mode", choices=CACHE_POLICIES, default=None,
                    help="the cache: sink (the default: S sinks + W recent), window (W recent), dense (every token), "
                         "recompute (sliding window with re-computation, O(W^2) per token), h2o, tova (keep what "
@@ -287,7 +287,7 @@ def command_flags(parser: argparse.ArgumentParser, command: str) -> set[str]:
 def main(argv=None) -> int:
     """Run the command; errors end in one line `minisink: error: ...` on stderr, never in a traceback.
 
-    Exit status (docs/10-cli-tour.md): 0 done; 1 the input or the environment is wrong (a file, a model folder, a
+    Exit status (docs/11-cli-tour.md): 0 done; 1 the input or the environment is wrong (a file, a model folder, a
     session, a size that does not fit in memory, a disk: a `SystemExit("error: ...")` of a command's own check,
     raised again with the "minisink: " prefix so that in-process callers can catch it, or a library error: config,
     weights, tokenizer, cache, sampling, fetch, session, calibration, output path); 2 usage: argparse's errors and

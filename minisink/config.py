@@ -74,7 +74,7 @@ class LlamaConfig:
     mlp_bias: bool = False  # gate/up/down projections carry a bias vector
     bos_token_id: int | None = None  # informational, for the tokenizer and generation
     eos_token_id: int | list[int] | None = None  # generation stops at (any of) these
-    # minisink's own fields, written by `minisink train` (docs/growing-a-sink.md); transformers ignores them.
+    # minisink's own fields, written by `minisink train` (docs/08-growing-a-sink.md); transformers ignores them.
     attention_variant: str = "softmax"  # one of ATTENTION_VARIANTS: how attention weights are made
     sink_token_id: int | None = None  # "sink-token": the learned placeholder prepended to every sequence
     sigmoid_bias: float | None = None  # "sigmoid": b in p_ij = sigmoid(q_i . k_j / sqrt(D) + b)

@@ -1,4 +1,4 @@
-"""Caches that read attention to decide what to forget: H2O, TOVA, SnapKV (docs/08-other-ways-to-forget.md).
+"""Caches that read attention to decide what to forget: H2O, TOVA, SnapKV (docs/09-other-ways-to-forget.md).
 
 StreamingLLM's sink cache keeps tokens by *where* they are (the first S, the last W). These policies keep tokens by
 how much attention they receive, so they ask the model for each layer's attention probabilities: they set

@@ -8,7 +8,7 @@ What it does not: run fast. Nothing in minisink's forward pass calls this module
 The forward pass: `reference_forward` computes the logits of a token sequence from the Llama equations, one token
 and one head at a time, in float64 (tests/test_model.py holds `Llama.forward` to it, prefill and decode).
 
-The eviction policies (H2O, TOVA, SnapKV; chapter 08): `EvictionReference` runs them the long way: it keeps every
+The eviction policies (H2O, TOVA, SnapKV; chapter 09): `EvictionReference` runs them the long way: it keeps every
 key and value ever computed, and a boolean `kept[layer][kv_head, token]`; each chunk, every query head attends over
 all keys with a mask (the kept tokens and the chunk, causally), positions given explicitly per KV head, and the
 policy's rule is applied again from scratch to (kept + chunk) with sorted Python lists. No slots, no ring, no

@@ -277,7 +277,7 @@ def found_examples(command: str, files: Path) -> list[list[str]]:
 
 
 def check_error_lines(command: str, code: int, err: str, flags: set[str]):
-    """The exit-code rule (docs/10-cli-tour.md) and true flags: `minisink: error:` is the input or the environment
+    """The exit-code rule (docs/11-cli-tour.md) and true flags: `minisink: error:` is the input or the environment
     (status 1), `minisink CMD: error:` usage (status 2, argparse's or flags that do not go together); every flag an
     error line names is one this command has."""
     argparse_said = any(line.startswith("usage:") for line in err.splitlines())  # its error follows its usage

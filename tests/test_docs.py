@@ -380,9 +380,9 @@ def test_chapters_04_and_08_quote_the_sink_count_and_eviction_tables():
     assert (f"window attention gives perplexity {window:.1f}, 4 sinks + 252 recent tokens {four:.1f} "
             f"({window / four:.1f}x less), and a single sink already {one:.1f}") in flat(ch04)
     assert flat(ch04).count(f"by {window / four:.1f}x for SmolLM2-135M") == 1
-    assert "2.5x the perplexity of a sink cache" in read("docs/10-cli-tour.md") and f"{window / four:.1f}" == "2.5"
+    assert "2.5x the perplexity of a sink cache" in read("docs/11-cli-tour.md") and f"{window / four:.1f}" == "2.5"
     header = "| total cache | window | sink 4 + rest | H2O | TOVA |"
-    ch08, measured = table(read("docs/08-other-ways-to-forget.md"), header), table(results, header)
+    ch08, measured = table(read("docs/09-other-ways-to-forget.md"), header), table(results, header)
     assert ch08 == {k: v for k, v in measured.items() if k.isdigit()}
 
 
@@ -433,7 +433,7 @@ def test_the_cli_tour_gives_the_thread_chooser_period_the_code_uses():
     from minisink.threads import ThreadChooser
 
     period = inspect.signature(ThreadChooser).parameters["period"].default
-    assert f"times both again after {period} steps (then {2 * period}," in read("docs/10-cli-tour.md")
+    assert f"times both again after {period} steps (then {2 * period}," in read("docs/11-cli-tour.md")
 
 
 def test_the_real_model_chapters_are_the_ones_listed():
@@ -446,7 +446,7 @@ def test_readme_and_results_quote_the_benchmark_table():
     """README's prose and docs quote `minisink bench` figures from README's speed table, the one place they live."""
     readme = read("README.md")
     speed = table(readme, "| figure | measured | target |")
-    row = speed["H2O / TOVA at a budget of 1024 vs the sink cache, decode (chapter 08)"]
+    row = speed["H2O / TOVA at a budget of 1024 vs the sink cache, decode (chapter 09)"]
     h2o, tova = re.findall(r"[\d.]+x", row[0])
     assert f"H2O and TOVA cost {h2o} and {tova} the sink cache" in flat(readme)
     assert f"H2O {h2o}, TOVA {tova}" in flat(read("docs/results.md"))

@@ -4,7 +4,7 @@ Oracle, computed here: minisink/reference.py::EvictionReference("h2o"), which ke
 H2O's rule from scratch at each chunk (the plain version tests/test_eviction.py checks minisink's own H2OCache
 against): the same stream, fed in the same chunks, must give the same logits and keep the same tokens per layer
 and KV head. The convention is one: a token's score is the attention it received, summed over the queries that
-saw it and over the G query heads of its KV head (docs/08-other-ways-to-forget.md).
+saw it and over the G query heads of its KV head (docs/09-other-ways-to-forget.md).
 """
 
 from __future__ import annotations

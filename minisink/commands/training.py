@@ -23,7 +23,7 @@ def add_train(subparsers) -> argparse.ArgumentParser:
     from ..train import VARIANTS
 
     p = subparsers.add_parser(
-        "train", help="train a tiny Llama in NumPy and watch a sink grow (or not): docs/growing-a-sink.md",
+        "train", help="train a tiny Llama in NumPy and watch a sink grow (or not): docs/08-growing-a-sink.md",
         description="Trains a small Llama with a hand-written backward pass and AdamW, and writes a Hugging Face "
                     "model folder (config.json, model.safetensors, tokenizer.json) that every other command loads "
                     "with --model, a checkpoint every --save-every steps, and train_log.jsonl.")

@@ -5,7 +5,7 @@ layer `blocks(layer, k, v)` (what the queries attend over) and, because `wants_a
 `observe(layer, probs)` (the attention those queries paid), then `end()` once (commit: score, evict, store).
 `retained()` says which tokens each KV head holds.
 
-The policy, one convention (as minisink/eviction.py and chapter 08 state it): every token's score is the attention
+The policy, one convention (as minisink/eviction.py and chapter 09 state it): every token's score is the attention
 it has received, summed over every query that saw it and over the G query heads that share its KV head. Budget
 N = heavy + recent tokens per query, itself included; between chunks a cache holds C = N - 1 tokens per layer and
 KV head: the recent - 1 newest, and the `heavy` best-scored of the others (a tie: the newer token stays). Keys
