@@ -164,6 +164,8 @@ MUTANTS = {
                                       "newest = np.arange(0)", "one token at a time"),
     "lme as the mean of a": (8, "calibration.py", "(top + np.log(np.exp(a - top).mean(axis=-1, keepdims=True)))",
                              "a.mean(axis=-1, keepdims=True)", "sigma_lme"),
+    "softmax backward without the row sum": (9, "attention_backward.py", "d_s = p * (d_p - row)", "d_s = p * d_p",
+                                             "minisink's backward"),
     "the sink value unweighted": (8, "calibration.py", "(weight[..., None] * v).sum(axis=1)", "v.sum(axis=1)",
                                   "sink_value"),
 }

@@ -92,6 +92,9 @@ ASSIGNMENTS = {a.number: a for a in [
     Assignment(8, "calibrating a sink logit and a sink value", "08-calibration.md",
                {"calibration.py": ["sink_scores", "sigma_lme", "sigma_mass", "sink_value"]}, "a8_calibration",
                (120, 180), library=False, given=("calibrate",)),
+    Assignment(9, "the backward pass of attention", "09-attention-backward.md",
+               {"attention_backward.py": ["attention_backward"]}, "a9_attention_backward", (120, 180),
+               library=False),
 ]}
 
 

@@ -201,6 +201,15 @@ def task_calibrate(ctx, sizes, seed, ids, cache, sinks):
     return dict(zip(["lme", "mass", "values"], result, strict=True))
 
 
+# --- assignment 9: the backward pass of attention ---------------------------------------------------------------
+
+def task_attention_backward(ctx, q, k, v, d_out, sink_logits=None):
+    result = ctx.student.attention_backward(q, k, v, sink_logits, d_out)
+    if not (isinstance(result, tuple) and len(result) == 4):
+        raise TypeError(f"attention_backward must return (d_q, d_k, d_v, d_sink_logits), got {type(result).__name__}")
+    return dict(zip(["d_q", "d_k", "d_v", "d_sink_logits"], result, strict=True))
+
+
 TASKS = {
     1: {"rms_norm": task_rms_norm, "rotation": task_rotation, "apply_rope": task_apply_rope, "model": run_model},
     2: {"attention": task_attention, "model": run_model},
@@ -211,4 +220,5 @@ TASKS = {
     7: {"h2o": task_h2o},
     8: {"sink_scores": task_sink_scores, "sigma_lme": task_sigma_lme, "sigma_mass": task_sigma_mass,
         "sink_value": task_sink_value, "calibrate": task_calibrate},
+    9: {"attention_backward": task_attention_backward},
 }
