@@ -141,13 +141,14 @@ def streams(folder: Path):
 
 def streaming_losses(folder: Path) -> dict[str, tuple[float, float]]:
     """cache -> (mean NLL on copy targets, on bigram targets), targets at positions >= WINDOW only."""
+    from minisink import new_cache
     from minisink.evaluate import stream_nll
 
     model, ids, copy = streams(folder)
-    caches = {"dense": lambda: model.new_cache(),
-              f"0+{WINDOW}": lambda: model.new_cache(n_sink=0, window=WINDOW),
-              f"1+{WINDOW - 1}": lambda: model.new_cache(n_sink=1, window=WINDOW - 1),
-              f"4+{WINDOW - 4}": lambda: model.new_cache(n_sink=4, window=WINDOW - 4)}
+    caches = {"dense": lambda: new_cache(model),
+              f"0+{WINDOW}": lambda: new_cache(model, "window", window=WINDOW),
+              f"1+{WINDOW - 1}": lambda: new_cache(model, "sink", sinks=1, window=WINDOW - 1),
+              f"4+{WINDOW - 4}": lambda: new_cache(model, "sink", sinks=4, window=WINDOW - 4)}
     result = {}
     for name, make in caches.items():
         nll = np.stack([stream_nll(model, row, make()) for row in ids])  # [STREAMS, STREAM_LEN - 1]
@@ -180,20 +181,21 @@ def held_out_text_ppl(folder: Path, window: int = 64, length: int = 512, n: int 
     first, from the text's held-out tail, which training never saw) through caches dense, 0 + W, 1 + (W - 1),
     4 + (W - 4), on the tokens predicted once the window is full."""
     import minisink
+    from minisink import new_cache
     from minisink.corpus import fetch_kjv
-    from minisink.data import HELD_OUT, stream_prefix
+    from minisink.data import HELD_OUT
     from minisink.evaluate import stream_nll
 
     model, tok = minisink.load_model(folder), minisink.load_tokenizer(folder)
     text = Path(fetch_kjv(progress=False)).read_text(encoding="utf-8")
     cut = int(len(text) * (1 - HELD_OUT))
     ids = np.asarray(tok.encode(text[text.rfind("\n", 0, cut) + 1:]))  # the held-out tail, as TextData splits it
-    prefix = stream_prefix(model.config, tok)
+    prefix = tok.stream_start  # BOS (and a sink-token model's sink first), as every training sample began
     starts = np.linspace(0, len(ids) - length, n, dtype=int)
     rows = [np.concatenate([prefix, ids[a:a + length - len(prefix)]]) for a in starts]
-    caches = {"dense": lambda: model.new_cache(), f"0+{window}": lambda: model.new_cache(n_sink=0, window=window),
-              f"1+{window - 1}": lambda: model.new_cache(n_sink=1, window=window - 1),
-              f"4+{window - 4}": lambda: model.new_cache(n_sink=4, window=window - 4)}
+    caches = {"dense": lambda: new_cache(model), f"0+{window}": lambda: new_cache(model, "window", window=window),
+              f"1+{window - 1}": lambda: new_cache(model, "sink", sinks=1, window=window - 1),
+              f"4+{window - 4}": lambda: new_cache(model, "sink", sinks=4, window=window - 4)}
     return {name: float(np.exp(np.concatenate([stream_nll(model, row, make())[window:] for row in rows]).mean()))
             for name, make in caches.items()}
 

@@ -64,7 +64,7 @@ def samples(tokenizer, text: str, n: int, length: int = SINK_TOKENS) -> list[np.
     out = []
     for i in np.linspace(0, len(lines) - 1, n + 2, dtype=int)[1:-1]:
         start = starts[lines[i]]
-        ids = tokenizer.encode(text[start:start + 16 * length])[:length]
+        ids = tokenizer.encode_stream(text[start:start + 16 * length])[:length]
         if len(ids) < length:
             raise ValueError(f"a sample of the text has fewer than {length} tokens: give a longer text")
         out.append(np.asarray(ids))

@@ -99,18 +99,18 @@ def read_text(path) -> str:
 
 
 def load_text_ids(tokenizer, text: str, n_tokens: int | None = None) -> np.ndarray:
-    """The first `n_tokens` token ids of `text` (all of them if None), int64 [N].
+    """The first `n_tokens` token ids of `text` (all of them if None) as a stream starts (`encode_stream`), int64 [N].
 
     Long texts are encoded by growing prefixes rather than whole: the KJV is about a million tokens and a run
     wants the first 20,000. The prefix is cut 64 tokens past the need, so the cut cannot change the kept ids
     (byte-level BPE pre-tokenizes word by word)."""
     if n_tokens is None:
-        return np.asarray(tokenizer.encode(text), dtype=np.int64)
+        return np.asarray(tokenizer.encode_stream(text), dtype=np.int64)
     if n_tokens < 2:
         raise ValueError(f"--tokens must be >= 2 (the first token is only context), got {n_tokens}")
     chars = 8 * (n_tokens + 64)  # English BPE averages ~4-5 characters per token
     while True:
-        ids = tokenizer.encode(text[:chars])
+        ids = tokenizer.encode_stream(text[:chars])
         if len(ids) >= n_tokens + 64 or chars >= len(text):
             return np.asarray(ids[:n_tokens], dtype=np.int64)
         chars *= 2

@@ -197,19 +197,6 @@ class TextData:
         return np.concatenate([np.broadcast_to(np.asarray(heads), (B, len(heads))), rows], axis=1)
 
 
-def stream_prefix(config, tokenizer) -> list[int]:
-    """The ids a text streamed through a model `minisink train` made should start with, as its training samples
-    did: [SINK, BOS] for the sink-token variant (the sink is then the one token to pin: n_sink 1), [BOS] for the
-    others; [] for a model whose tokenizer has no BOS of ours (SmolLM2 and other checkpoints keep their own rules).
-    `config` a LlamaConfig, `tokenizer` a minisink Tokenizer."""
-    bos = tokenizer.tok.token_to_id(BOS)
-    if bos is None:
-        return []
-    if config.attention_variant == "sink-token":
-        return [config.sink_token_id, bos]
-    return [bos]
-
-
 def make_dataset(kind: str, text: str, *, sink_token: bool = False, vocab_size: int = DEFAULT_BPE_VOCAB):
     """"bigram-backcopy" -> BigramBackcopy(text), "text" -> TextData(text); DataError for another kind."""
     if kind == "bigram-backcopy":

@@ -111,7 +111,7 @@ def passkey_pieces(tok, distance: int, n: int, rng) -> Iterator[tuple[np.ndarray
     for i in range(n):
         key = f"{rng.integers(10000, 100000)}"
         announce = tok.encode(f" The pass key is {key}. Remember it. {key} is the pass key. ")
-        start = tok.encode(PREAMBLE) if i == 0 else []
+        start = tok.encode_stream(PREAMBLE) if i == 0 else []
         pieces = [start, filler[:LEAD], announce, filler[:distance - len(question)], question]
         yield np.concatenate([np.asarray(piece, dtype=np.int64) for piece in pieces]), key, distance
 
@@ -123,7 +123,8 @@ def lines_pieces(tok, distance: int, n: int, rng) -> Iterator[tuple[np.ndarray, 
         raise ValueError("--distance must be >= 1 line for lines")
     values = []
     for i in range(n):
-        texts, ids = ["Below is a record of lines I want you to remember.\n" if i == 0 else "\n"], []
+        texts = ["Below is a record of lines I want you to remember.\n" if i == 0 else "\n"]
+        ids = [np.asarray(tok.stream_start if i == 0 else [], dtype=np.int64)]  # a stream starts as trained
         while True:  # at least one block of lines, and enough of them for the target to exist
             values.append(f"{rng.integers(10000, 100000)}")
             texts.append(f"line {len(values) - 1}: REGISTER_CONTENT is <{values[-1]}>\n")

@@ -55,6 +55,10 @@ class Tokenizer:
                                              ("<s>", "<|begin_of_text|>"))
         self.eos_token_id = self._special_id(tcfg.get("eos_token"), cfg.get("eos_token_id"),
                                              (IM_END, "</s>", "<|endoftext|>"))
+        # The ids a stream starts with: what the tokenizer's own post-processor puts before a text. None for
+        # SmolLM2; BOS (and, for the sink-token variant, the learned sink token first) for a model `minisink train`
+        # made, whose every training sample started so (docs/08-growing-a-sink.md).
+        self.stream_start = list(tok.encode("", add_special_tokens=True).ids)
 
     def _special_id(self, token, config_id, fallbacks) -> int | None:
         """An id from tokenizer_config.json's token string, else config.json's id, else the first known string."""
@@ -73,6 +77,10 @@ class Tokenizer:
                                      f"0..{self.vocab_size - 1}, got {config_id!r}")
             return config_id
         return next((self.tok.token_to_id(t) for t in fallbacks if self.tok.token_to_id(t) is not None), None)
+
+    def encode_stream(self, text: str) -> list[int]:
+        """Token ids of `text` as the start of a stream: `stream_start`, then `encode(text)`."""
+        return self.stream_start + self.encode(text)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`. Special-token strings in it (`<|im_start|>`) become their single ids."""

@@ -100,22 +100,19 @@ def test_bad_input():
         TextData("  \n")
 
 
-def test_stream_prefix(tmp_path):
-    """A stream through a trained folder starts as its training samples did; other tokenizers get nothing."""
-    from minisink.config import LlamaConfig
-    from minisink.data import stream_prefix
-    from minisink.tiny import tiny_config
-
-    d = BigramBackcopy(TEXT, sink_token=True)
-    save_tokenizer(d.tokenizer, tmp_path)
-    tok = minisink.load_tokenizer(tmp_path)
-    sink_config = LlamaConfig.from_dict(tiny_config(vocab_size=d.vocab_size, attention_variant="sink-token",
-                                                    sink_token_id=d.sink_id))
-    assert stream_prefix(sink_config, tok) == [d.sink_id, d.bos_id]
-    assert stream_prefix(LlamaConfig.from_dict(tiny_config(vocab_size=d.vocab_size)), tok) == [d.bos_id]
+def test_stream_start(tmp_path):
+    """A stream through a trained folder starts as its training samples did (the tokenizer's post-processor:
+    SINK and BOS for the sink-token variant, BOS otherwise); other tokenizers put nothing first."""
+    for sink_token, want in [(True, lambda d: [d.sink_id, d.bos_id]), (False, lambda d: [d.bos_id])]:
+        d = BigramBackcopy(TEXT, sink_token=sink_token)
+        (tmp_path / str(sink_token)).mkdir()
+        save_tokenizer(d.tokenizer, tmp_path / str(sink_token))
+        tok = minisink.load_tokenizer(tmp_path / str(sink_token))
+        assert tok.stream_start == want(d)
+        assert tok.encode_stream("et") == want(d) + tok.encode("et")
     other = tmp_path / "other"
     other.mkdir()
     import tokenizers
 
     tokenizers.Tokenizer(tokenizers.models.BPE(vocab={"a": 0, "b": 1}, merges=[])).save(str(other / "tokenizer.json"))
-    assert stream_prefix(sink_config, minisink.load_tokenizer(other)) == []  # not a tokenizer minisink trained
+    assert minisink.load_tokenizer(other).stream_start == []  # a tokenizer whose post-processor adds nothing

@@ -24,10 +24,15 @@ CHARS = "\n" + "".join(chr(c) for c in range(32, 127))  # 96 symbols: fits the t
 
 
 class CharTokenizer:
-    """One token per character: ids 0..95."""
+    """One token per character: ids 0..95; nothing before a stream."""
+
+    stream_start = []
 
     def encode(self, text):
         return [CHARS.index(c) for c in text]
+
+    def encode_stream(self, text):
+        return self.encode(text)
 
     def decode(self, ids):
         return "".join(CHARS[i] for i in ids)

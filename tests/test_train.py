@@ -17,6 +17,7 @@ import pytest
 import minisink
 import minisink.atomic
 import minisink.train as train_module
+from minisink import new_cache
 from minisink.cli import main
 from minisink.train import (CHECKPOINT, AdamW, TrainError, TrainSettings, clip_grad_norm, learning_rate,
                             read_checkpoint, train)
@@ -168,7 +169,7 @@ def test_trained_folder_loads_everywhere(tmp_path):
     out = train(TrainSettings(**TINY, steps=5), tmp_path / "run", text=TEXT, progress=False)
     model, tok = minisink.load_model(out), minisink.load_tokenizer(out)
     ids = np.asarray([tok.bos_token_id] + tok.encode("the lazy dog jumps over the quick fox"))
-    ours = model.forward(ids, model.new_cache())
+    ours = model.forward(ids, new_cache(model))
     hf = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = hf(torch.from_numpy(ids)[None]).logits[0].numpy()
@@ -258,5 +259,5 @@ def test_every_variant_trains_and_its_folder_runs_at_inference(tmp_path, variant
     assert config.get("sink_token_id") == data.sink_id
     ids = data.batch(np.random.default_rng(5), 3, 16)  # [3, 17]
     loss, _ = train_module.loss_and_grads(model, ids)
-    nll = np.concatenate([token_nll(model.forward(row[:-1], model.new_cache()), row[1:]) for row in ids])
+    nll = np.concatenate([token_nll(model.forward(row[:-1], new_cache(model)), row[1:]) for row in ids])
     assert loss == pytest.approx(nll.mean(), rel=1e-5)

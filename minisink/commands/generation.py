@@ -55,8 +55,8 @@ def cmd_generate(args):
     model, tok = load(args)
     cache = new_cache(model, spec)
     prompt = tok.chat_prompt([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = tok.encode(prompt)
-    if not ids:
+    ids = tok.encode_stream(prompt)
+    if len(ids) == len(tok.stream_start):
         raise SystemExit("error: the prompt is empty")
     ids = apply_sink_options(model, tok, args) + ids  # a sink prefix comes first: the sinks are whatever is first
     decoder = tok.stream_decoder()

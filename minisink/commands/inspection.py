@@ -42,7 +42,7 @@ def cmd_attn(args):
         raise SystemExit(f"error: {'--prompt' if args.text is None else args.text} holds no text (only whitespace): "
                          "nothing to look at")
     model, tok = load(args)
-    ids = tok.encode(text)
+    ids = tok.encode_stream(text)
     try:
         probs = am.capture(model, ids)
         mass = am.sink_mass(probs, args.first_query)
