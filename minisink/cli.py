@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -253,11 +254,14 @@ def probability(text: str) -> float:
 
 
 def threads_option(text: str):
-    """--threads: "auto" or a number of BLAS threads >= 1."""
+    """--threads: "auto" or a number of BLAS threads from 1 to the machine's cores (more only slows BLAS down, and
+    a number past a C int reached threadpoolctl as a ctypes OverflowError: the deep profile found it)."""
     if text == "auto":
         return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads >= 1, got {text!r}")
+    cores = os.cpu_count() or 1
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads from 1 to {cores} (the cores of "
+                                         f"this machine), got {text!r}")
     return int(text)
 
 

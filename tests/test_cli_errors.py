@@ -264,7 +264,9 @@ FOUND = {"streameval": [["--out", "folder"], ["--out", "a-file/x.csv"],
          "attn": [["--sink-metric", "-1"], ["--massive", "-1"], ["--prompt", ""]],
          "ppl": [["--text", "text.txt", "--sink-logits", "binary.bin"],
                  ["--text", "text.txt", "--sink-logits", "empty"]],
-         "chat": [["--session", "folder"], ["--session", "a-file/x.npz"]]}
+         "chat": [["--session", "folder"], ["--session", "a-file/x.npz"],
+                  ["--threads", "101010101010101010101010"]],  # the deep profile, seed 38490: a ctypes OverflowError
+         "generate": [["--threads", "101010101010101010101010", "w1"], ["--threads", "100000", "w1"]]}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MESSAGES = {}  # command -> every error line seen
 
