@@ -8,10 +8,10 @@ Runs (each one `minisink train` command; a finished run is skipped, an interrupt
 - class_sS: the class preset (Bigram-Backcopy, 1 layer, 1 head, width 256, sequence 64, batch 64, lr 2e-3) for
   seeds 0, 1, 2: emergence is a distribution over seeds, so never one run alone.
 - var_V: the same preset, seed 0, for each attention variant but softmax (class_s0 is softmax's).
-- kjv_softmax: the natural-text half, small: a 2-layer, width-128 Llama on a 2048-token BPE of the KJV's first 90%,
-  sequences of 128, batches of 16; its held-out perplexity through the same caches (W = 64).
-- knob_*: Gu et al.'s cheap knobs on the same task: weight decay 0 and 0.5, learning rate 1e-3, and a tenth of the
-  steps (the amount of data).
+- kjv_V: the natural-text half, small, for every variant: a 2-layer, width-128 Llama on a 2048-token BPE of the
+  KJV's first 90%, sequences of 128, batches of 16; its held-out perplexity through the same caches (W = 64).
+- knob_*: Gu et al.'s cheap knobs on the same task, seed 0: weight decay 0 and 0.5, learning rate 1e-3, and the
+  amount of data (a fixed training set of 3,200 or 320 samples, revisited: the preset draws 32,000 fresh ones).
 Report:
 - emergence: per seed, Sink_1 (Gu et al., eps 0.3), the non-trigger queries' attention on BOS (Guo et al.) and the
   loss against the training step (train_log.jsonl);
@@ -36,7 +36,9 @@ SEEDS = (0, 1, 2)
 VARIANTS = ("softmax1", "sink-logit", "sink-token", "sigmoid")
 STEPS = 500  # the class preset's; the variants in docs/results.md ran 400 (--steps 400)
 WINDOW, STREAM_LEN, STREAMS = 32, 256, 8  # the cache's W (training length 64), stream length, streams per variant
-KNOBS = {"knob_wd0": ["--weight-decay", "0"], "knob_wd05": ["--weight-decay", "0.5"], "knob_lr1e-3": ["--lr", "1e-3"]}
+KNOBS = {"knob_wd0": ["--weight-decay", "0"], "knob_wd05": ["--weight-decay", "0.5"], "knob_lr1e-3": ["--lr", "1e-3"],
+         "knob_data3200": ["--samples", "3200"], "knob_data320": ["--samples", "320"]}  # the preset sees 32,000
+KJV = ["--layers", "2", "--hidden", "128", "--heads", "2", "--seq-len", "128", "--batch", "16", "--bpe-vocab", "2048"]
 SINK_AT = 0.5  # a BOS sink: non-trigger queries put more than half their attention on BOS (Guo et al.'s criterion)
 
 
@@ -47,9 +49,8 @@ def runs(only: str | None) -> dict[str, list[str]]:
         out.update({f"class_s{s}": ["--preset", "class", "--seed", str(s)] for s in SEEDS})
     if only in (None, "variants"):
         out.update({f"var_{v}": ["--preset", "class", "--variant", v, "--seed", "0"] for v in VARIANTS})
-    if only in (None, "kjv"):  # the natural-text half, small enough for a shared machine
-        out["kjv_softmax"] = ["--data", "text", "--layers", "2", "--hidden", "128", "--heads", "2", "--seq-len", "128",
-                              "--batch", "16", "--bpe-vocab", "2048"]
+    if only in (None, "kjv"):  # the natural-text half, small enough for a laptop: every variant
+        out.update({f"kjv_{v}": ["--data", "text", "--variant", v, *KJV] for v in ("softmax", *VARIANTS)})
     if only in (None, "knobs"):
         out.update({name: ["--preset", "class", "--seed", "0", *flags] for name, flags in KNOBS.items()})
     return out
@@ -94,6 +95,33 @@ def emergence_table(out: Path, every: int = 50) -> str:
         hit = next((r["step"] for r in log if r.get("bos_mass", [0])[0] > SINK_AT), None)
         firsts.append(f"seed {s}: {'none by step ' + str(log[-1]['step']) if hit is None else 'step ' + str(hit)}")
     return "\n".join(lines) + f"\n\nFirst probe with BOS mass > {SINK_AT}: " + "; ".join(firsts) + "."
+
+
+def knob_table(out: Path, every: int = 50) -> str:
+    """Gu et al.'s knobs against the preset (class_s0): when a BOS sink first formed, and where each run ended."""
+    names = ["class_s0", *KNOBS]
+    lines = ["| run | flags | first BOS mass > 0.5 | at the end: Sink_1 %, BOS mass, loss |", "|---|---|---|---|"]
+    for name in names:
+        if not (out / name / "train_log.jsonl").is_file():
+            continue
+        log = read_log(out / name)
+        probes = [r for r in log if "bos_mass" in r]
+        hit = next((r["step"] for r in probes if r["bos_mass"][0] > SINK_AT), None)
+        loss = np.mean([r["loss"] for r in log[-every:]])
+        flags = " ".join(KNOBS.get(name, ["(the preset)"]))
+        end = f"{probes[-1]['sink1']:.0f}, {probes[-1]['bos_mass'][0]:.2f}, {loss:.3f} (step {log[-1]['step']})"
+        lines.append(f"| {name} | {flags} | {'none' if hit is None else 'step ' + str(hit)} | {end} |")
+    return "\n".join(lines)
+
+
+def massive(folder: Path) -> str:
+    """Sun et al.'s massive activations (chapter 05's measure) on the folder's first probe stream: the largest
+    |entry| of the last layer's output against its median, and the token position it sits at."""
+    from minisink.anatomy import hidden_states, massive_activations
+
+    model, ids, _ = streams(folder)
+    m = massive_activations(hidden_states(model, ids[0, :64]))
+    return f"{m.top[-1, 0] / m.median[-1]:.0f}x at {int(m.position[-1, 0])}"
 
 
 def plot_emergence(out: Path, path: Path) -> Path:
@@ -211,8 +239,8 @@ def final_probe(folder: Path) -> dict:
 def table3(out: Path) -> str:
     names = {"softmax": "class_s0", **{v: f"var_{v}" for v in VARIANTS}}
     header = ["dense", f"0+{WINDOW}", f"1+{WINDOW - 1}", f"4+{WINDOW - 4}"]
-    lines = ["| variant | step | Sink_1 % | BOS mass | row sum | " + " | ".join(f"{c} copy / bigram" for c in header)
-             + " |", "|---|---|---|---|---|" + "---|" * len(header)]
+    lines = ["| variant | step | Sink_1 % | BOS mass | row sum | largest / median activation, position | "
+             + " | ".join(f"{c} copy / bigram" for c in header) + " |", "|---|" * 6 + "---|" * len(header)]
     causal = ["| variant | grew a first-token sink (Sink_1 > 0 or BOS mass > 0.5) | evicting it costs (0+W vs 1+(W-1), "
               "bigram targets) |", "|---|---|---|"]
     for variant, name in names.items():
@@ -223,7 +251,7 @@ def table3(out: Path) -> str:
         mass = probe.get("bos_mass", [float("nan")])[0]
         cells = " | ".join(f"{losses[c][0]:.3f} / {losses[c][1]:.3f}" for c in header)
         lines.append(f"| {variant} | {probe['step']} | {probe['sink1']:.0f} | {mass:.2f} | {row_sum(folder):.2f} | "
-                     f"{cells} |")
+                     f"{massive(folder)} | {cells} |")
         cost = losses[header[1]][1] - losses[header[2]][1]
         grew = "yes" if probe["sink1"] > 0 or mass > SINK_AT else "no"
         causal.append(f"| {variant} | {grew} (Sink_1 {probe['sink1']:.0f}%, BOS mass {mass:.2f}) | "
@@ -249,12 +277,17 @@ def main(argv=None) -> None:
     print(f"\n## Table 3 at toy scale (Bigram-Backcopy streams of {STREAM_LEN} tokens, cache W = {WINDOW}; mean NLL "
           "in nats on the copy and the bigram targets once the window is full)\n")
     print(table3(args.out))
-    if (args.out / "kjv_softmax" / "model.safetensors").is_file():
-        probe, ppl = final_probe(args.out / "kjv_softmax"), held_out_text_ppl(args.out / "kjv_softmax")
-        print("\n## KJV (held-out streams of 512 tokens, cache W = 64; perplexity once the window is full)\n\n"
-              "| model | step | Sink_1 % | " + " | ".join(ppl) + " |\n|---|---|---|" + "---|" * len(ppl) +
-              f"\n| kjv_softmax | {probe['step']} | {probe['sink1']:.0f} | " +
-              " | ".join(f"{v:.2f}" for v in ppl.values()) + " |")
+    print("\n## Gu et al.'s knobs (the class preset, seed 0, one flag changed)\n")
+    print(knob_table(args.out))
+    kjv = [f for f in sorted(args.out.glob("kjv_*")) if (f / "model.safetensors").is_file()]
+    if kjv:
+        print("\n## KJV (held-out streams of 512 tokens, cache W = 64; perplexity once the window is full)\n")
+        for n, folder in enumerate(kjv):
+            probe, ppl = final_probe(folder), held_out_text_ppl(folder)
+            if n == 0:
+                print("| model | step | Sink_1 % | " + " | ".join(ppl) + " |\n|---|---|---|" + "---|" * len(ppl))
+            print(f"| {folder.name} | {probe['step']} | {probe['sink1']:.0f} | " +
+                  " | ".join(f"{v:.2f}" for v in ppl.values()) + " |")
 
 
 if __name__ == "__main__":

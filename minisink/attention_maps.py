@@ -74,8 +74,8 @@ def format_table(mass: np.ndarray, uniform: float, heads: bool = False) -> str:
         lines = ["layer    mean     min     max   heads > 0.5"]
         lines += [f"{n:5d}  {row.mean():6.3f}  {row.min():6.3f}  {row.max():6.3f}   {int((row > 0.5).sum()):3d} of {H}"
                   for n, row in enumerate(mass)]
-    lines.append(f"all    {mass.mean():6.3f}  (uniform attention would give {uniform:.3f}; "
-                 f"layers >= 2: {mass[2:].mean() if L > 2 else float('nan'):.3f})")
+    deeper = f"; layers >= 2: {mass[2:].mean():.3f}" if L > 2 else ""  # the first two layers rarely hold a sink
+    lines.append(f"all    {mass.mean():6.3f}  (uniform attention would give {uniform:.3f}{deeper})")
     return "\n".join(lines)
 
 

@@ -16,12 +16,13 @@ What it does:
   any time. A resumed run continues bit for bit: the same weights as a run that was never stopped.
 
 Determinism: the model's initial weights come from a generator seeded by (seed, 0), the batches from one seeded by
-(seed, 1), the probes from (seed, 2); nothing else draws random numbers. Bit-exact holds for one number of BLAS
-threads: OpenBLAS splits a matrix product's sums differently on 1 and 2 threads, so the same run on each ends with
-weights that differ in the last bits (the class preset's two runs in docs/results.md did, and both grew their sink at
-the same step). A resume must run with the threads of the run it continues. The learning-rate schedule depends on the
-settings, never on `steps` (the cosine runs over `decay_steps`), so that `steps` only says where to stop: a 15-step
-run resumed to 30 steps ends where one 30-step run does.
+(seed, 1), the probes from (seed, 2), a `--samples` training set from (seed, 3); nothing else draws random numbers.
+Bit-exact holds for one number of BLAS threads: OpenBLAS splits a matrix product's sums differently on 1 and 2
+threads, so the same run on each ends with weights that differ in the last bits (the class preset's two runs in
+docs/results.md did, and both grew their sink at the same step). A resume must run with the threads of the run it
+continues. The learning-rate schedule depends on the settings, never on `steps` (the cosine runs over
+`decay_steps`), so that `steps` only says where to stop: a 15-step run resumed to 30 steps ends where one 30-step
+run does.
 
 What it does not: mixed precision, data parallelism, gradient accumulation, or any torch at run time.
 """
@@ -54,6 +55,7 @@ __all__ = ["loss_and_grads", "AdamW", "learning_rate", "clip_grad_norm", "TrainS
 VARIANTS = ("softmax", "softmax1", "sink-logit", "sink-token", "sigmoid")
 CHECKPOINT, LOG = "checkpoint.safetensors", "train_log.jsonl"
 PROBE_SAMPLES = 8  # samples of SINK_TOKENS tokens on which Sink_1 is measured during training
+MAX_SAMPLE_TOKENS = 2**26  # --samples' training set: at most this many token ids (512 MiB of int64)
 INIT_STD = 0.02  # transformers' initializer_range: every matrix ~ N(0, 0.02^2); norms start at 1, sinks at 0
 
 
@@ -85,6 +87,8 @@ class TrainSettings:
     weight_decay: float = 0.1  # AdamW's decoupled decay, on matrices only (not norms, not sink logits)
     clip: float = 1.0  # global gradient norm limit (0: no clipping)
     bpe_vocab: int = 4096  # "text": the BPE's vocabulary size
+    samples: int | None = None  # a training set of this many samples, drawn once and revisited (None: a fresh batch
+    #                             every step; Gu et al.'s amount-of-data knob)
 
     def check(self) -> None:
         """TrainError naming the flag for a setting that cannot work."""
@@ -98,6 +102,9 @@ class TrainSettings:
                              f"quotient (the head width, which RoPE rotates in pairs)")
         if self.heads % kv:
             raise TrainError(f"--heads {self.heads} must be a multiple of --kv-heads {kv}")
+        if self.samples is not None and not 1 <= self.samples * (self.seq_len + 1) <= MAX_SAMPLE_TOKENS:
+            raise TrainError(f"--samples {self.samples} x (--seq-len {self.seq_len} + 1) tokens is not between 1 "
+                             f"and {MAX_SAMPLE_TOKENS:,}: choose fewer --samples (or leave it out for fresh batches)")
         if self.seq_len < 2 + (self.variant == "sink-token"):
             raise TrainError(f"--seq-len {self.seq_len} is too short: a sample needs BOS and a token after it")
 
@@ -396,10 +403,15 @@ def train(s: TrainSettings, out, *, resume: bool = False, save_every: int = 100,
     bar, sink1 = _progress(s.steps, start, progress), "-"
     saved_step = start
     tokens = s.batch * s.seq_len
+    # --samples: a fixed training set from its own generator (seed, 3); each step then draws rows of it with `rng`
+    pool = None if s.samples is None else dataset.batch(np.random.default_rng([s.seed, 3]), s.samples, s.seq_len)
     with open(log_path, "a", encoding="utf-8") as log:
         clock = time.perf_counter()
         for step in range(start, s.steps):
-            ids = dataset.batch(rng, s.batch, s.seq_len)  # [B, T + 1]
+            if pool is None:
+                ids = dataset.batch(rng, s.batch, s.seq_len)  # [B, T + 1]
+            else:
+                ids = pool[rng.integers(len(pool), size=s.batch)]  # [B, T + 1] rows of the training set
             loss, grads = loss_and_grads(model, ids)
             norm = clip_grad_norm(grads, s.clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):

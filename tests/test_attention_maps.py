@@ -65,6 +65,7 @@ def test_format_table():
     assert summary.splitlines()[2].split()[:5] == ["1", "0.700", "0.600", "0.800", "3"]
     full = am.format_table(mass, 0.05, heads=True)
     assert "h2" in full and "0.900" in full and "uniform attention would give 0.050" in full
+    assert "layers >= 2: 0.500" in full and "nan" not in am.format_table(mass[:1], 0.05)  # a 1-layer model has none
 
 
 def test_capture_rejects_long_prompts():

@@ -261,3 +261,26 @@ def test_every_variant_trains_and_its_folder_runs_at_inference(tmp_path, variant
     loss, _ = train_module.loss_and_grads(model, ids)
     nll = np.concatenate([token_nll(model.forward(row[:-1], new_cache(model)), row[1:]) for row in ids])
     assert loss == pytest.approx(nll.mean(), rel=1e-5)
+
+
+def test_samples_is_a_fixed_training_set(tmp_path, capsys, monkeypatch):
+    """--samples N: every batch is rows of one set of N samples drawn once (seed, 3), and a resume keeps to it."""
+    s = TrainSettings(**TINY, steps=6, samples=3)
+    seen = []
+    real = minisink.train.loss_and_grads
+
+    def spy(model, ids):
+        seen.append(ids.copy())
+        return real(model, ids)
+
+    monkeypatch.setattr(minisink.train, "loss_and_grads", spy)
+    train(s, tmp_path / "one", text=TEXT, progress=False)
+    train(TrainSettings(**TINY, steps=3, samples=3), tmp_path / "two", text=TEXT, progress=False, save_every=3)
+    train(s, tmp_path / "two", text=TEXT, progress=False, resume=True)
+    rows = {tuple(r) for ids in seen[:6] for r in ids}
+    assert len(rows) <= 3 and sum(len(ids) for ids in seen[:6]) == 6 * TINY["batch"]
+    assert {tuple(r) for ids in seen[6:] for r in ids} <= rows  # the second run and its resume draw from the same set
+    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    with pytest.raises(TrainError, match="--samples 0"):
+        train(TrainSettings(**TINY, samples=0), tmp_path / "bad", text=TEXT, progress=False)
+    assert run_cli("--samples", "0", "--out", tmp_path / "c", capsys=capsys) == 2  # argparse: an integer >= 1
